@@ -1,0 +1,1 @@
+//! Benchmark harness support (see `cargo xtask bench`).

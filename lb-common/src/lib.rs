@@ -1,0 +1,13 @@
+//! Types shared by `lbd` (userspace) and the XDP program.
+//!
+//! - [`xdp`]: `#[repr(C)]` map keys and values; `no_std`, used by `lb-ebpf`.
+//! - [`model`]: the desired-state snapshot the control plane produces and the reconciler applies.
+//! - [`balance`]: member-selection algorithms shared by every data path.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod xdp;
+
+#[cfg(feature = "std")]
+pub mod balance;
+#[cfg(feature = "std")]
+pub mod model;

@@ -1,0 +1,71 @@
+//! The running daemon: kTLS probe, metrics, the reconciler, and the HTTP endpoints that serve
+//! them (the control API joins these endpoints).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::sync::Mutex;
+
+use crate::metrics::Metrics;
+use crate::reconcile::{ApplyReport, Reconciler};
+use crate::tls::accept::OffloadPolicy;
+use lb_common::model::DesiredState;
+
+/// Whether lbd uses kTLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KtlsMode {
+    /// Probe the kernel at start and offload every connection it can take.
+    Auto,
+    /// Keep all TLS in userspace (rustls); for comparison and troubleshooting.
+    Off,
+}
+
+/// A running data plane.
+pub struct Daemon {
+    pub metrics: Arc<Metrics>,
+    pub policy: Arc<OffloadPolicy>,
+    reconciler: Mutex<Reconciler>,
+}
+
+impl Daemon {
+    /// Probes kTLS (per `mode`) and starts with nothing configured. Logs the kTLS decision.
+    pub fn start(mode: KtlsMode) -> Arc<Self> {
+        let policy = match mode {
+            KtlsMode::Auto => OffloadPolicy::probe(),
+            KtlsMode::Off => OffloadPolicy::disabled(),
+        };
+        match &policy.capabilities.ulp {
+            Ok(()) => tracing::info!("{}", policy.capabilities.summary()),
+            Err(_) => tracing::warn!(
+                "{}; TLS records stay in userspace (rustls), counted as lb_tls_connections_total{{offload=\"userspace\"}}",
+                policy.capabilities.summary()
+            ),
+        }
+        let metrics = Arc::new(Metrics::new(&policy.capabilities));
+        let policy = Arc::new(policy);
+        let reconciler = Mutex::new(Reconciler::new(policy.clone(), metrics.clone()));
+        Arc::new(Daemon { metrics, policy, reconciler })
+    }
+
+    /// Makes the data plane match `state`.
+    pub async fn apply(&self, state: &DesiredState) -> ApplyReport {
+        self.reconciler.lock().await.apply(state)
+    }
+
+    /// `/metrics` and `/healthz`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let metrics = self.metrics.clone();
+        Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let m = metrics.clone();
+                    async move {
+                        ([(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
+                    }
+                }),
+            )
+            .route("/healthz", get(|| async { "ok\n" }))
+    }
+}

@@ -1,0 +1,11 @@
+//! `lbd`: the lb daemon.
+//!
+//! Requests flow one way: control API → store → desired state ([`lb_common::model`]) →
+//! [`reconcile`] → data plane ([`tls`], [`proxy`]).
+
+pub mod certs;
+pub mod tls;
+pub mod metrics;
+pub mod proxy;
+pub mod daemon;
+pub mod reconcile;

@@ -1,0 +1,125 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::tls::offload::Capabilities;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub listener: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OffloadLabels {
+    pub offload: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SuiteLabels {
+    pub tls_version: &'static str,
+    pub cipher: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub listener: String,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabels {
+    pub pool: String,
+    pub member: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Every metric lbd exports.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Family<ListenerLabels, Counter>,
+    pub active_connections: Family<ListenerLabels, Gauge>,
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub tls_connections: Family<OffloadLabels, Counter>,
+    pub ktls_supported: Family<SuiteLabels, Gauge>,
+    pub ktls_available: Family<ReasonLabels, Gauge>,
+    pub ktls_closed: Family<ReasonLabels, Counter>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub http_responses: Family<RequestLabels, Counter>,
+    pub member_errors: Family<MemberLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new(caps: &Capabilities) -> Self {
+        let mut registry = Registry::with_prefix("lb");
+        let m = Metrics {
+            connections: Family::default(),
+            active_connections: Family::default(),
+            handshakes: Family::default(),
+            tls_connections: Family::default(),
+            ktls_supported: Family::default(),
+            ktls_available: Family::default(),
+            ktls_closed: Family::default(),
+            bytes: Family::default(),
+            http_responses: Family::default(),
+            member_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Client connections accepted", m.connections.clone());
+        registry.register("active_connections", "Client connections open now", m.active_connections.clone());
+        registry.register("tls_handshakes", "TLS handshakes by result", m.handshakes.clone());
+        registry.register(
+            "tls_connections",
+            "TLS connections by where records are processed (ktls or userspace) and why",
+            m.tls_connections.clone(),
+        );
+        registry.register("ktls_supported", "1 where the kernel accepted kTLS keys at start-up", m.ktls_supported.clone());
+        registry.register(
+            "ktls_available",
+            "1 when the kernel offers kTLS; the reason label says why not otherwise",
+            m.ktls_available.clone(),
+        );
+        registry.register("ktls_closed", "Offloaded connections ended by a control record, by reason", m.ktls_closed.clone());
+        registry.register("bytes", "Client-side bytes by direction (in: from clients)", m.bytes.clone());
+        registry.register("http_responses", "HTTP responses sent to clients by status code", m.http_responses.clone());
+        registry.register("member_errors", "Failures talking to members, by reason", m.member_errors.clone());
+        let (available, reason) = match &caps.ulp {
+            Ok(()) => (1, "available"),
+            Err(r) if r.contains("disabled") => (0, "disabled_by_config"),
+            Err(_) => (0, "kernel_without_ktls"),
+        };
+        m.ktls_available.get_or_create(&ReasonLabels { reason }).set(available);
+        for ((v, c), ok) in &caps.suites {
+            m.ktls_supported.get_or_create(&SuiteLabels { tls_version: v.name(), cipher: c.name() }).set(*ok as i64);
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}

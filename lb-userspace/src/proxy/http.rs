@@ -1,0 +1,261 @@
+//! HTTP proxying with hyper: HTTP/1.1 or h2 from clients (by ALPN), HTTP/1.1 to members over
+//! reused connections, `X-Forwarded-*` headers per the listener's `insert_headers`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Either, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::ListenerRuntime;
+use super::upstream::{MemberRuntime, UpBody, UpstreamError};
+use crate::metrics::RequestLabels;
+
+type RespBody = BoxBody<Bytes, hyper::Error>;
+
+/// What every request on one client connection shares.
+pub struct ConnContext {
+    pub listener: Arc<ArcSwap<ListenerRuntime>>,
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve<S>(io: S, h2: bool, ctx: Arc<ConnContext>) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = ctx.listener.load().timeouts.client_data;
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(proxy(req, &ctx).await) }
+    });
+    let io = TokioIo::new(io);
+    if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(io, svc)
+            .await
+    }
+}
+
+async fn proxy(req: Request<Incoming>, ctx: &ConnContext) -> Response<RespBody> {
+    let rt = ctx.listener.load_full();
+    let response = forward(req, ctx, &rt).await.unwrap_or_else(|(status, why)| {
+        tracing::debug!(listener = %rt.id, peer = %ctx.peer, %status, why, "request not forwarded");
+        error_response(status)
+    });
+    rt.metrics
+        .http_responses
+        .get_or_create(&RequestLabels { listener: rt.id.clone(), code: response.status().as_str().to_string() })
+        .inc();
+    response
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    ctx: &ConnContext,
+    rt: &ListenerRuntime,
+) -> Result<Response<RespBody>, (StatusCode, String)> {
+    let pool = rt.pool.clone().ok_or((StatusCode::SERVICE_UNAVAILABLE, "listener has no default pool".into()))?;
+    let (parts, body) = req.into_parts();
+    let head = RequestHead::new(&parts, ctx, rt);
+    let replayable = body.is_end_stream();
+    let body: UpBody = if replayable { Either::Right(Empty::new()) } else { Either::Left(body) };
+
+    let checkout = pool.checkout(rt.timeouts.member_connect).await.map_err(|e| match e {
+        UpstreamError::NoMembers => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        UpstreamError::AllFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    })?;
+    let member = checkout.member.clone();
+    let mut sender = checkout.sender;
+    let first = send(&mut sender, head.build(body), rt).await;
+    let response = match first {
+        // A reused connection the member closed while idle: safe to replay a bodiless request once.
+        Err(SendError::Closed(_)) if checkout.reused && replayable => {
+            sender = pool
+                .open_http(&member, rt.timeouts.member_connect)
+                .await
+                .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("member {}: {e}", member.addr)))?;
+            send(&mut sender, head.build(Either::Right(Empty::new())), rt).await
+        }
+        other => other,
+    };
+    let response = response.map_err(|e| match e {
+        SendError::Timeout => (StatusCode::GATEWAY_TIMEOUT, format!("member {} did not answer in time", member.addr)),
+        SendError::Closed(e) | SendError::Other(e) => (StatusCode::BAD_GATEWAY, format!("member {}: {e}", member.addr)),
+    })?;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = PooledBody { inner: body, release: Some((member, sender)) };
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+enum SendError {
+    Timeout,
+    Closed(hyper::Error),
+    Other(hyper::Error),
+}
+
+async fn send(sender: &mut SendRequest<UpBody>, req: Request<UpBody>, rt: &ListenerRuntime) -> Result<Response<Incoming>, SendError> {
+    let limit = rt.timeouts.member_data;
+    let result = tokio::time::timeout(limit, async {
+        sender.ready().await?;
+        sender.send_request(req).await
+    })
+    .await;
+    match result {
+        Err(_) => Err(SendError::Timeout),
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => Err(SendError::Closed(e)),
+        Ok(Err(e)) => Err(SendError::Other(e)),
+    }
+}
+
+/// The parts of a client request sent on to the member, kept so a request can be replayed.
+struct RequestHead {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl RequestHead {
+    fn new(parts: &http::request::Parts, ctx: &ConnContext, rt: &ListenerRuntime) -> Self {
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        if !headers.contains_key(header::HOST) {
+            if let Some(authority) = parts.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+        }
+        let insert = rt.insert_headers;
+        if insert.forwarded_for {
+            let ip = ctx.peer.ip().to_canonical().to_string();
+            let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+            }
+        }
+        if insert.forwarded_port {
+            headers.insert(HeaderName::from_static("x-forwarded-port"), HeaderValue::from(rt.port));
+        }
+        if insert.forwarded_proto {
+            let proto = if ctx.tls { "https" } else { "http" };
+            headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
+        }
+        let uri = parts.uri.path_and_query().map(|pq| Uri::from(pq.clone())).unwrap_or_else(|| Uri::from_static("/"));
+        RequestHead { method: parts.method.clone(), uri, headers }
+    }
+
+    fn build(&self, body: UpBody) -> Request<UpBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Removes connection-scoped headers (RFC 9110 §7.6.1), including those `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn error_response(status: StatusCode) -> Response<RespBody> {
+    let body = Full::new(Bytes::from(format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""))));
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(body.map_err(|never| match never {}).boxed())
+        .expect("static response parts")
+}
+
+/// A member's response body that hands its connection back to the member's idle pool once the
+/// body has been read to the end.
+struct PooledBody {
+    inner: Incoming,
+    release: Option<(Arc<MemberRuntime>, SendRequest<UpBody>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((member, sender)) = self.release.take() {
+            member.release(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() {
+            self.release();
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // An empty body (204, HEAD) may never be polled; a partly read one must not be reused.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}

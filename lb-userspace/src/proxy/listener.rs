@@ -1,0 +1,136 @@
+//! A bound listener: the accept loop, the connection limit, and dispatch of each connection to
+//! TLS termination and then HTTP or raw forwarding.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::ListenerRuntime;
+use super::http::{self, ConnContext};
+use super::raw;
+use crate::metrics::{HandshakeLabels, ListenerLabels, OffloadLabels, ReasonLabels};
+use crate::tls::accept::{AcceptError, OffloadPolicy, accept};
+use crate::tls::stream::{ClientStream, ControlRecordError};
+use lb_common::model::{ListenerProtocol, PoolProtocol};
+
+/// Binds `addr` with the options a load balancer listener wants.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Runs the accept loop on `listener` until the task is aborted.
+pub fn spawn(listener: TcpListener, shared: Arc<ArcSwap<ListenerRuntime>>, policy: Arc<OffloadPolicy>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            // Wait for room under the connection limit before accepting: excess connections wait
+            // in the kernel's backlog, as with HAProxy's maxconn.
+            let limit = shared.load().connection_limit.clone();
+            let permit = match limit {
+                Some(sem) => match sem.acquire_owned().await {
+                    Ok(p) => Some(p),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let shared = shared.clone();
+            let policy = policy.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                handle(tcp, peer, shared, &policy).await;
+            });
+        }
+    })
+}
+
+async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRuntime>>, policy: &OffloadPolicy) {
+    let rt = shared.load_full();
+    let _ = tcp.set_nodelay(true);
+    let labels = ListenerLabels { listener: rt.id.clone() };
+    rt.metrics.connections.get_or_create(&labels).inc();
+    let active = rt.metrics.active_connections.get_or_create(&labels).clone();
+    active.inc();
+
+    let (client, h2) = match (&rt.protocol, &rt.tls) {
+        (ListenerProtocol::TerminatedHttps, Some(config)) => {
+            let handshake = tokio::time::timeout(rt.timeouts.client_data, accept(tcp, config.clone(), policy))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(AcceptError::Handshake(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out")))
+                });
+            let outcome = if handshake.is_ok() { "ok" } else { "failed" };
+            rt.metrics.handshakes.get_or_create(&HandshakeLabels { listener: rt.id.clone(), result: outcome }).inc();
+            match handshake {
+                Ok(a) => {
+                    let (offload, reason) = a.offload.labels();
+                    rt.metrics.tls_connections.get_or_create(&OffloadLabels { offload, reason }).inc();
+                    tracing::debug!(listener = %rt.id, %peer, version = a.version, cipher = a.cipher,
+                        sni = a.sni.as_deref().unwrap_or(""), offload, reason, "handshake complete");
+                    (a.stream, a.alpn.as_deref() == Some(b"h2"))
+                }
+                Err(e) => {
+                    if matches!(e, AcceptError::Offload(_)) {
+                        rt.metrics.tls_connections.get_or_create(&OffloadLabels { offload: "none", reason: "install_failed" }).inc();
+                        tracing::warn!(listener = %rt.id, %peer, error = %e, "kTLS installation failed; connection closed");
+                    } else {
+                        tracing::debug!(listener = %rt.id, %peer, error = %e, "handshake failed");
+                    }
+                    active.dec();
+                    return;
+                }
+            }
+        }
+        _ => (ClientStream::Plain(tcp), false),
+    };
+
+    let is_tls = rt.tls.is_some();
+    let http_pool = rt.pool.as_ref().map(|p| p.protocol == PoolProtocol::Http).unwrap_or(rt.protocol != ListenerProtocol::Tcp);
+    let result = if http_pool && matches!(rt.protocol, ListenerProtocol::Http | ListenerProtocol::TerminatedHttps) {
+        let ctx = Arc::new(ConnContext { listener: shared.clone(), peer, tls: is_tls });
+        http::serve(client, h2, ctx).await.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+    } else {
+        raw::forward(client, peer, &rt).await.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+    };
+    if let Err(e) = result {
+        if let Some(control) = control_record(e.as_ref()) {
+            rt.metrics.ktls_closed.get_or_create(&ReasonLabels { reason: control.reason() }).inc();
+        }
+        tracing::debug!(listener = %rt.id, %peer, error = %e, "connection ended with an error");
+    }
+    active.dec();
+}
+
+/// The control record that ended an offloaded connection, wherever it sits in an error chain.
+fn control_record<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ControlRecordError> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(c) = err.downcast_ref::<ControlRecordError>() {
+            return Some(c);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(c) = io.get_ref().and_then(|i| i.downcast_ref::<ControlRecordError>()) {
+                return Some(c);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}

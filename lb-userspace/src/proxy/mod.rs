@@ -1,0 +1,51 @@
+//! The data path after accept: TLS termination hand-off, HTTP proxying or raw forwarding to the
+//! members of the listener's pool.
+//!
+//! - [`listener`]: accept loop and per-connection dispatch.
+//! - [`http`]: HTTP/1.1 and h2 proxying with hyper.
+//! - [`raw`] and [`splice`]: byte forwarding, zero-copy when the client socket is offloaded.
+//! - [`upstream`]: member choice, connecting with retry, idle connection reuse.
+//! - [`io`]: byte counting and inactivity timeouts.
+
+pub mod http;
+pub mod io;
+pub mod listener;
+pub mod raw;
+pub mod splice;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+use rustls::ServerConfig;
+use tokio::sync::Semaphore;
+
+use crate::metrics::{BytesLabels, Metrics};
+use lb_common::model::{InsertHeaders, ListenerProtocol, Timeouts};
+use upstream::PoolRuntime;
+
+/// Everything a running listener needs per connection. Swapped atomically by the reconciler:
+/// connections pick up the current value at accept (and HTTP requests, per request).
+pub struct ListenerRuntime {
+    pub id: String,
+    pub protocol: ListenerProtocol,
+    pub port: u16,
+    /// Present for TERMINATED_HTTPS.
+    pub tls: Option<Arc<ServerConfig>>,
+    pub pool: Option<Arc<PoolRuntime>>,
+    pub timeouts: Timeouts,
+    pub insert_headers: InsertHeaders,
+    /// `None`: unlimited.
+    pub connection_limit: Option<Arc<Semaphore>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl ListenerRuntime {
+    /// (bytes from clients, bytes to clients) counters of this listener.
+    pub fn byte_counters(&self) -> (Counter, Counter) {
+        let get = |direction| {
+            self.metrics.bytes.get_or_create(&BytesLabels { listener: self.id.clone(), direction }).clone()
+        };
+        (get("in"), get("out"))
+    }
+}

@@ -1,0 +1,159 @@
+//! Applies a desired-state snapshot to the running data plane: binds new listeners, swaps the
+//! settings of existing ones in place (certificates, pools, limits), and closes removed ones.
+//!
+//! Swapping is atomic per listener: handshakes that start after [`Reconciler::apply`] returns use
+//! the new certificates; established connections keep theirs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+use crate::proxy::ListenerRuntime;
+use crate::proxy::listener;
+use crate::proxy::upstream::PoolRuntime;
+use crate::tls::accept::OffloadPolicy;
+use crate::tls::config::server_config;
+use lb_common::model::{DesiredState, Id, Listener, ListenerProtocol, ListenerTls, LoadBalancer};
+
+/// The outcome of one apply, per listener id: `Ok` when it serves as desired.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub listeners: BTreeMap<Id, Result<(), String>>,
+}
+
+struct Running {
+    bind: SocketAddr,
+    shared: Arc<ArcSwap<ListenerRuntime>>,
+    task: JoinHandle<()>,
+    /// The TLS settings the current `ServerConfig` was built from (rebuilt only when they change,
+    /// so session-ticket keys survive unrelated updates).
+    tls: Option<(ListenerTls, Arc<ServerConfig>)>,
+    limit: Option<(u32, Arc<Semaphore>)>,
+}
+
+/// Owns the running listeners. Must be used from within a tokio runtime.
+pub struct Reconciler {
+    running: HashMap<Id, Running>,
+    pools: HashMap<Id, Arc<PoolRuntime>>,
+    policy: Arc<OffloadPolicy>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reconciler {
+    pub fn new(policy: Arc<OffloadPolicy>, metrics: Arc<Metrics>) -> Self {
+        Reconciler { running: HashMap::new(), pools: HashMap::new(), policy, metrics }
+    }
+
+    /// Makes the data plane match `state`.
+    pub fn apply(&mut self, state: &DesiredState) -> ApplyReport {
+        self.pools = state
+            .pools()
+            .into_iter()
+            .map(|(id, pool)| {
+                let rt = PoolRuntime::new(pool, self.pools.get(id).map(Arc::as_ref), self.metrics.clone());
+                (id.to_string(), Arc::new(rt))
+            })
+            .collect();
+
+        let mut report = ApplyReport::default();
+        let mut wanted = std::collections::HashSet::new();
+        for (lb, l) in state.listeners() {
+            if !(lb.admin_state_up && l.admin_state_up) {
+                continue;
+            }
+            wanted.insert(l.id.clone());
+            let result = self.apply_listener(lb, l);
+            if let Err(e) = &result {
+                tracing::warn!(listener = %l.id, error = %e, "listener not applied");
+            }
+            report.listeners.insert(l.id.clone(), result);
+        }
+        self.running.retain(|id, running| {
+            let keep = wanted.contains(id);
+            if !keep {
+                tracing::info!(listener = %id, bind = %running.bind, "listener closed");
+                running.task.abort();
+            }
+            keep
+        });
+        report
+    }
+
+    fn apply_listener(&mut self, lb: &LoadBalancer, l: &Listener) -> Result<(), String> {
+        if matches!(l.protocol, ListenerProtocol::Udp) {
+            return Err("UDP listeners need the XDP data plane, which this build does not run yet".into());
+        }
+        let bind = SocketAddr::new(lb.vip_address, l.protocol_port);
+        let previous = self.running.get(&l.id);
+        let tls = match (&l.protocol, &l.tls) {
+            (ListenerProtocol::TerminatedHttps, None) => {
+                return Err("TERMINATED_HTTPS listener needs default_tls_container_ref".into());
+            }
+            (ListenerProtocol::TerminatedHttps, Some(settings)) => match previous.and_then(|p| p.tls.as_ref()) {
+                Some((old, config)) if old == settings => Some((settings.clone(), config.clone())),
+                _ => {
+                    let config = server_config(settings, self.policy.may_offload()).map_err(|e| e.to_string())?;
+                    Some((settings.clone(), config))
+                }
+            },
+            _ => None,
+        };
+        let pool = match &l.default_pool_id {
+            Some(id) => Some(self.pools.get(id).cloned().ok_or_else(|| format!("default_pool_id {id} does not exist"))?),
+            None => None,
+        };
+        let limit = match (l.connection_limit, previous.and_then(|p| p.limit.clone())) {
+            (None, _) => None,
+            (Some(n), Some((old, sem))) if old == n => Some((n, sem)),
+            (Some(n), _) => Some((n, Arc::new(Semaphore::new(n as usize)))),
+        };
+        let runtime = Arc::new(ListenerRuntime {
+            id: l.id.clone(),
+            protocol: l.protocol,
+            port: l.protocol_port,
+            tls: tls.as_ref().map(|(_, c)| c.clone()),
+            pool,
+            timeouts: l.timeouts,
+            insert_headers: l.insert_headers,
+            connection_limit: limit.as_ref().map(|(_, s)| s.clone()),
+            metrics: self.metrics.clone(),
+        });
+
+        match self.running.get_mut(&l.id) {
+            Some(running) if running.bind == bind => {
+                running.shared.store(runtime);
+                running.tls = tls;
+                running.limit = limit;
+            }
+            _ => {
+                let socket = listener::bind(bind).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+                let shared = Arc::new(ArcSwap::new(runtime));
+                let task = listener::spawn(socket, shared.clone(), self.policy.clone());
+                tracing::info!(listener = %l.id, %bind, protocol = ?l.protocol, "listener bound");
+                if let Some(old) = self.running.insert(l.id.clone(), Running { bind, shared, task, tls, limit }) {
+                    old.task.abort();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where each running listener is bound (useful with port 0 in tests).
+    pub fn bound(&self) -> BTreeMap<Id, SocketAddr> {
+        self.running.iter().map(|(id, r)| (id.clone(), r.bind)).collect()
+    }
+}
+
+impl Drop for Reconciler {
+    fn drop(&mut self) {
+        for r in self.running.values() {
+            r.task.abort();
+        }
+    }
+}

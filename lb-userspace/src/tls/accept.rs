@@ -1,0 +1,162 @@
+//! One client handshake: rustls over a record-bounded reader, then the per-connection decision
+//! to hand the record layer to the kernel or keep it in rustls.
+
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::config::suite_name;
+use super::offload::{self, Capabilities, KernelCipher, KernelVersion};
+use super::record::RecordReader;
+use super::stream::{ClientStream, KtlsStream};
+
+/// Whether lbd tries kTLS at all, and what the kernel can do.
+#[derive(Clone, Debug)]
+pub struct OffloadPolicy {
+    /// `false` when the operator disabled kTLS (`lbd serve --ktls off`).
+    pub enabled: bool,
+    pub capabilities: Capabilities,
+    /// Ciphers that must stay in userspace even where the kernel could take them (policy).
+    pub userspace_ciphers: Vec<KernelCipher>,
+}
+
+impl OffloadPolicy {
+    /// Userspace TLS only.
+    pub fn disabled() -> Self {
+        OffloadPolicy { enabled: false, capabilities: Capabilities::none("disabled by configuration"), userspace_ciphers: vec![] }
+    }
+
+    /// Probe the kernel and offload whatever it supports.
+    pub fn probe() -> Self {
+        OffloadPolicy { enabled: true, capabilities: offload::probe(), userspace_ciphers: vec![] }
+    }
+
+    /// Secret extraction is only switched on where it may be used.
+    pub fn may_offload(&self) -> bool {
+        self.enabled && self.capabilities.ulp.is_ok()
+    }
+}
+
+/// Where a connection's records are processed, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offload {
+    Kernel,
+    Userspace(Fallback),
+}
+
+/// Why a connection stayed in userspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    DisabledByConfig,
+    KernelWithoutKtls,
+    CipherNotInKernel,
+    CipherPolicy,
+    VersionNotSupported,
+}
+
+impl Offload {
+    /// `(offload, reason)` metric labels.
+    pub fn labels(&self) -> (&'static str, &'static str) {
+        match self {
+            Offload::Kernel => ("ktls", "installed"),
+            Offload::Userspace(f) => (
+                "userspace",
+                match f {
+                    Fallback::DisabledByConfig => "disabled_by_config",
+                    Fallback::KernelWithoutKtls => "kernel_without_ktls",
+                    Fallback::CipherNotInKernel => "cipher_not_in_kernel",
+                    Fallback::CipherPolicy => "cipher_policy",
+                    Fallback::VersionNotSupported => "version_not_supported",
+                },
+            ),
+        }
+    }
+}
+
+/// A completed handshake.
+pub struct Accepted {
+    pub stream: ClientStream,
+    pub alpn: Option<Vec<u8>>,
+    pub version: &'static str,
+    pub cipher: &'static str,
+    pub sni: Option<String>,
+    pub offload: Offload,
+}
+
+/// Why a handshake or the kernel hand-over failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    #[error("kTLS hand-over failed after the secrets left rustls: {0}")]
+    Offload(String),
+}
+
+/// Runs the handshake on `tcp` and decides where the records go.
+pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>, policy: &OffloadPolicy) -> Result<Accepted, AcceptError> {
+    let mut tls = TlsAcceptor::from(config).accept(RecordReader::new(tcp)).await.map_err(AcceptError::Handshake)?;
+    // Push everything rustls queued (TLS 1.3 NewSessionTickets included) before the kernel
+    // takes the write side over at the next sequence number.
+    tls.flush().await.map_err(AcceptError::Handshake)?;
+
+    let (io, conn) = tls.get_ref();
+    let version = conn.protocol_version();
+    let suite = conn.negotiated_cipher_suite().expect("handshake complete");
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let sni = conn.server_name().map(str::to_string);
+    let kernel_version = version.and_then(KernelVersion::of);
+    let version_name = kernel_version.map(KernelVersion::name).unwrap_or("other");
+    let cipher = suite_name(suite);
+    let kernel_cipher = kernel_cipher(suite);
+
+    let decision = match (kernel_version, kernel_cipher) {
+        _ if !policy.enabled => Offload::Userspace(Fallback::DisabledByConfig),
+        _ if policy.capabilities.ulp.is_err() => Offload::Userspace(Fallback::KernelWithoutKtls),
+        (None, _) => Offload::Userspace(Fallback::VersionNotSupported),
+        (_, Some(c)) if policy.userspace_ciphers.contains(&c) => Offload::Userspace(Fallback::CipherPolicy),
+        (Some(v), Some(c)) if policy.capabilities.supports(v, c) && io.at_record_boundary() => Offload::Kernel,
+        _ => Offload::Userspace(Fallback::CipherNotInKernel),
+    };
+
+    let stream = match decision {
+        Offload::Kernel => {
+            let (io, mut conn) = tls.into_inner();
+            // With record-bounded reads nothing past the Finished message was read, but rustls may
+            // still hold decrypted application data from the last record: serve it first.
+            let mut prefix = Vec::new();
+            match conn.reader().read_to_end(&mut prefix) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(AcceptError::Offload(e.to_string())),
+            }
+            let tcp = io.into_inner();
+            let secrets = conn.dangerous_extract_secrets().map_err(|e| AcceptError::Offload(e.to_string()))?;
+            offload::install(tcp.as_raw_fd(), version.expect("known version"), secrets)
+                .map_err(|e| AcceptError::Offload(e.to_string()))?;
+            ClientStream::Ktls(KtlsStream::new(tcp, prefix))
+        }
+        Offload::Userspace(_) => {
+            tls.get_mut().0.uncork();
+            ClientStream::Rustls(Box::new(tls))
+        }
+    };
+    Ok(Accepted { stream, alpn, version: version_name, cipher, sni, offload: decision })
+}
+
+fn kernel_cipher(suite: rustls::SupportedCipherSuite) -> Option<KernelCipher> {
+    let name = suite_name(suite);
+    if name.contains("AES128-GCM") || name == "TLS_AES_128_GCM_SHA256" {
+        Some(KernelCipher::Aes128Gcm)
+    } else if name.contains("AES256-GCM") || name == "TLS_AES_256_GCM_SHA384" {
+        Some(KernelCipher::Aes256Gcm)
+    } else if name.contains("CHACHA20") {
+        Some(KernelCipher::Chacha20Poly1305)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,16 @@
+//! TLS termination: rustls server configuration per listener, SNI certificate selection, and
+//! handing the record layer to the kernel (kTLS) after the handshake.
+//!
+//! - [`config`]: a listener's `ServerConfig` (versions, cipher suites, ALPN, tickets).
+//! - [`resolver`]: certificate choice by SNI.
+//! - [`record`]: reads exactly one TLS record at a time during the handshake, so nothing the
+//!   kernel should decrypt is consumed by userspace.
+//! - [`offload`]: kTLS probe and installation (the only `unsafe` code of the TLS path).
+//! - [`stream`]: the accepted client stream, kTLS or rustls, behind one type.
+
+pub mod accept;
+pub mod config;
+pub mod offload;
+pub mod record;
+pub mod resolver;
+pub mod stream;

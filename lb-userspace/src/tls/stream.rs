@@ -1,0 +1,215 @@
+//! The accepted client connection after its handshake: records handled by the kernel
+//! ([`KtlsStream`]), by rustls ([`ClientStream::Rustls`]), or no TLS at all.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::offload::{self, record_type};
+use super::record::RecordReader;
+
+/// Why an offloaded connection ended on a control record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ControlRecordError {
+    #[error("peer sent TLS alert {0}")]
+    Alert(u8),
+    #[error("peer sent a TLS 1.3 KeyUpdate, which the kernel cannot follow here; closing cleanly")]
+    KeyUpdate,
+    #[error("peer sent an unexpected post-handshake message (type {0})")]
+    UnexpectedHandshake(u8),
+    #[error("peer sent a record of unknown content type {0}")]
+    UnknownRecord(u8),
+}
+
+impl ControlRecordError {
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ControlRecordError::Alert(_) => "alert",
+            ControlRecordError::KeyUpdate => "key_update",
+            ControlRecordError::UnexpectedHandshake(_) => "unexpected_handshake",
+            ControlRecordError::UnknownRecord(_) => "unknown_record",
+        }
+    }
+}
+
+/// What a record read from an offloaded socket turned out to be.
+pub enum Record {
+    Data(usize),
+    /// close_notify, or TCP EOF.
+    Closed,
+}
+
+/// Reads one record from an offloaded socket into `buf`, turning control records into EOF or
+/// errors. Plain `read(2)` would fail with EIO on them.
+pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Record> {
+    let (n, kind) = offload::recv_record(fd, buf)?;
+    match kind {
+        record_type::APPLICATION_DATA if n == 0 => Ok(Record::Closed),
+        record_type::APPLICATION_DATA => Ok(Record::Data(n)),
+        record_type::ALERT if n >= 2 && buf[1] == 0 => Ok(Record::Closed),
+        record_type::ALERT => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            ControlRecordError::Alert(if n >= 2 { buf[1] } else { 0 }),
+        )),
+        // TLS 1.3 KeyUpdate (handshake type 24): the next records use keys we cannot give the
+        // kernel on this connection, so end it before any byte could be misread.
+        record_type::HANDSHAKE if n >= 1 && buf[0] == 24 => {
+            Err(io::Error::new(io::ErrorKind::ConnectionAborted, ControlRecordError::KeyUpdate))
+        }
+        record_type::HANDSHAKE => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            ControlRecordError::UnexpectedHandshake(if n >= 1 { buf[0] } else { 0 }),
+        )),
+        other => Err(io::Error::new(io::ErrorKind::InvalidData, ControlRecordError::UnknownRecord(other))),
+    }
+}
+
+/// A TCP socket whose TLS record layer runs in the kernel.
+#[derive(Debug)]
+pub struct KtlsStream {
+    io: TcpStream,
+    /// Plaintext rustls had already decrypted before the hand-over, served first.
+    prefix: Vec<u8>,
+    read_closed: bool,
+    close_notify_sent: bool,
+}
+
+impl KtlsStream {
+    pub fn new(io: TcpStream, prefix: Vec<u8>) -> Self {
+        KtlsStream { io, prefix, read_closed: false, close_notify_sent: false }
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.io
+    }
+
+    /// Plaintext received before the hand-over, to be forwarded before anything else.
+    pub fn take_prefix(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.prefix)
+    }
+}
+
+impl AsyncRead for KtlsStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        if this.read_closed || buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let fd = this.io.as_raw_fd();
+        loop {
+            ready!(this.io.poll_read_ready(cx))?;
+            let dst = buf.initialize_unfilled();
+            match this.io.try_io(Interest::READABLE, || read_record(fd, dst)) {
+                Ok(Record::Data(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Record::Closed) => {
+                    this.read_closed = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for KtlsStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    /// Sends close_notify through the kernel, then FIN.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while !this.close_notify_sent {
+            ready!(this.io.poll_write_ready(cx))?;
+            let fd = this.io.as_raw_fd();
+            match this.io.try_io(Interest::WRITABLE, || send_close_notify(fd)) {
+                Ok(()) => this.close_notify_sent = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // The peer is gone; nothing left to notify.
+                Err(_) => this.close_notify_sent = true,
+            }
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+/// Sends a warning-level close_notify alert on an offloaded socket.
+pub fn send_close_notify(fd: std::os::fd::RawFd) -> io::Result<()> {
+    offload::send_record(fd, record_type::ALERT, &[1, 0]).map(|_| ())
+}
+
+/// A client connection as the proxy sees it.
+pub enum ClientStream {
+    Ktls(KtlsStream),
+    Rustls(Box<tokio_rustls::server::TlsStream<RecordReader<TcpStream>>>),
+    Plain(TcpStream),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            ClientStream::Ktls($s) => { let $s = Pin::new($s); $e }
+            ClientStream::Rustls($s) => { let $s = Pin::new($s.as_mut()); $e }
+            ClientStream::Plain($s) => { let $s = Pin::new($s); $e }
+        }
+    };
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Ktls(s) => s.is_write_vectored(),
+            ClientStream::Rustls(s) => s.is_write_vectored(),
+            ClientStream::Plain(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+}
