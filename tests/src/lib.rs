@@ -1,1 +1,70 @@
+//! Test support: certificates made with the `openssl` CLI, a real hyper backend, free ports.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// Runs a command, panicking with its stderr when it fails.
+pub fn sh(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("failed to run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A self-signed P-256 certificate for `name` in `dir`: returns (cert.pem, key.pem).
+pub fn self_signed(dir: &Path, name: &str, days: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    sh(Command::new("openssl").args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .arg("-keyout").arg(&key).arg("-out").arg(&cert)
+        .args(["-days", days, "-subj", &format!("/CN={name}"), "-addext", &format!("subjectAltName=DNS:{name}")]));
+    (cert, key)
+}
+
+/// Exports `cert` + `key` as PKCS#12 with `pass`; `legacy` uses OpenSSL's RC2/3DES encoding.
+pub fn pkcs12(dir: &Path, cert: &Path, key: &Path, pass: &str, legacy: bool) -> Vec<u8> {
+    let out = dir.join(format!("bundle-{legacy}-{}.p12", pass.len()));
+    let mut cmd = Command::new("openssl");
+    cmd.args(["pkcs12", "-export"]).arg("-in").arg(cert).arg("-inkey").arg(key).arg("-out").arg(&out)
+        .args(["-passout", &format!("pass:{pass}")]);
+    if legacy {
+        cmd.arg("-legacy");
+    }
+    sh(&mut cmd);
+    std::fs::read(out).unwrap()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An HTTP/1.1 backend that answers every request with the request's headers, one per line,
+/// prefixed by `name`.
+pub async fn echo_backend(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let mut body = format!("backend={name}\npath={}\n", req.uri());
+                    for (k, v) in req.headers() {
+                        body.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+                    }
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}

@@ -1,0 +1,173 @@
+//! TERMINATED_HTTPS end to end: the lbd data plane in this process, a real hyper backend, and
+//! real `curl` and `openssl s_client` clients.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use lb_common::model::*;
+use lb_tests::*;
+use lb_userspace::certs;
+use lb_userspace::daemon::{Daemon, KtlsMode};
+
+fn bundle(dir: &std::path::Path, name: &str) -> Arc<CertificateBundle> {
+    let (c, k) = self_signed(dir, name, "2");
+    Arc::new(certs::from_pem(name, &std::fs::read(c).unwrap(), &std::fs::read(k).unwrap(), None, None).unwrap())
+}
+
+fn state(port: u16, backends: &[std::net::SocketAddr], tls: ListenerTls, pool_protocol: PoolProtocol) -> DesiredState {
+    DesiredState {
+        generation: 1,
+        load_balancers: vec![LoadBalancer {
+            id: "lb1".into(),
+            vip_address: "127.0.0.1".parse().unwrap(),
+            admin_state_up: true,
+            listeners: vec![Listener {
+                id: "l1".into(),
+                protocol: ListenerProtocol::TerminatedHttps,
+                protocol_port: port,
+                admin_state_up: true,
+                connection_limit: None,
+                default_pool_id: Some("p1".into()),
+                timeouts: Timeouts::default(),
+                insert_headers: InsertHeaders { forwarded_for: true, forwarded_port: true, forwarded_proto: true },
+                tls: Some(tls),
+            }],
+            pools: vec![Pool {
+                id: "p1".into(),
+                protocol: pool_protocol,
+                lb_algorithm: LbAlgorithm::RoundRobin,
+                admin_state_up: true,
+                members: backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| Member { id: format!("m{i}"), address: a.ip(), protocol_port: a.port(), weight: 1, admin_state_up: true })
+                    .collect(),
+            }],
+        }],
+    }
+}
+
+fn tls_settings(default: Arc<CertificateBundle>, sni: Vec<Arc<CertificateBundle>>) -> ListenerTls {
+    ListenerTls { default_certificate: default, sni_certificates: sni, tls_versions: vec![], tls_ciphers: vec![], alpn_protocols: vec![] }
+}
+
+fn curl(port: u16, host: &str, extra: &[&str]) -> String {
+    let out = sh(Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "20", "--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(extra)
+        .arg(format!("https://{host}:{port}/hello?x=1")));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_h2_clients_reach_the_backend_with_forwarded_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend("one").await;
+    let daemon = Daemon::start(KtlsMode::Auto);
+    let port = free_port();
+    let report = daemon.apply(&state(port, &[backend], tls_settings(bundle(dir.path(), "a.example"), vec![]), PoolProtocol::Http)).await;
+    assert_eq!(report.listeners["l1"], Ok(()));
+
+    let h1 = blocking(move || curl(port, "a.example", &["--http1.1"])).await;
+    assert!(h1.contains("backend=one") && h1.contains("path=/hello?x=1"), "{h1}");
+    assert!(h1.contains("x-forwarded-for: 127.0.0.1"), "{h1}");
+    assert!(h1.contains(&format!("x-forwarded-port: {port}")), "{h1}");
+    assert!(h1.contains("x-forwarded-proto: https"), "{h1}");
+
+    let h2 = blocking(move || curl(port, "a.example", &["--http2", "-w", "\nversion=%{http_version}"])).await;
+    assert!(h2.contains("backend=one") && h2.contains("version=2"), "{h2}");
+    assert!(h2.contains("host: a.example"), "h2 :authority becomes Host: {h2}");
+
+    // On a kernel without kTLS every connection stays in userspace, with the reason counted.
+    let metrics = daemon.metrics.encode();
+    if lb_userspace::tls::offload::tls_stat().is_none() {
+        assert!(
+            metrics.contains(r#"lb_tls_connections_total{offload="userspace",reason="kernel_without_ktls"} 2"#),
+            "{metrics}"
+        );
+        assert!(metrics.contains(r#"lb_ktls_available{reason="kernel_without_ktls"} 0"#), "{metrics}");
+    }
+    assert!(metrics.contains(r#"lb_tls_handshakes_total{listener="l1",result="ok"} 2"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_matching_certificate_and_falls_back_to_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend("one").await;
+    let daemon = Daemon::start(KtlsMode::Off);
+    let port = free_port();
+    let tls = tls_settings(bundle(dir.path(), "default.example"), vec![bundle(dir.path(), "b.example")]);
+    assert_eq!(daemon.apply(&state(port, &[backend], tls, PoolProtocol::Http)).await.listeners["l1"], Ok(()));
+
+    let subject = move |sni: &'static str| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", sni])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines().find(|l| l.starts_with("subject=")).unwrap_or("").to_string()
+    };
+    assert!(blocking(move || subject("b.example")).await.contains("CN = b.example"));
+    assert!(blocking(move || subject("unknown.example")).await.contains("CN = default.example"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_versions_restrict_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend("one").await;
+    let daemon = Daemon::start(KtlsMode::Off);
+    let port = free_port();
+    let mut tls = tls_settings(bundle(dir.path(), "a.example"), vec![]);
+    tls.tls_versions = vec![TlsVersion::Tls13];
+    assert_eq!(daemon.apply(&state(port, &[backend], tls, PoolProtocol::Http)).await.listeners["l1"], Ok(()));
+    let try_version = move |flag: &'static str| {
+        Command::new("curl")
+            .args(["-sS", "-k", "--max-time", "10", flag, "--tls-max", if flag == "--tlsv1.2" { "1.2" } else { "1.3" }])
+            .arg(format!("https://127.0.0.1:{port}/"))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(blocking(move || try_version("--tlsv1.3")).await, "TLS 1.3 allowed");
+    assert!(!blocking(move || try_version("--tlsv1.2")).await, "TLS 1.2 refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_mode_forwards_bytes_and_a_refused_member_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend("raw").await;
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let daemon = Daemon::start(KtlsMode::Auto);
+    let port = free_port();
+    let st = state(port, &[dead, backend], tls_settings(bundle(dir.path(), "a.example"), vec![]), PoolProtocol::Tcp);
+    assert_eq!(daemon.apply(&st).await.listeners["l1"], Ok(()));
+    for _ in 0..4 {
+        // raw mode: the backend itself speaks HTTP, lbd adds no headers
+        let body = blocking(move || curl(port, "a.example", &["--http1.1"])).await;
+        assert!(body.contains("backend=raw") && !body.contains("x-forwarded-for"), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_default_certificate_applies_to_the_next_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend("one").await;
+    let daemon = Daemon::start(KtlsMode::Off);
+    let port = free_port();
+    let first = state(port, &[backend], tls_settings(bundle(dir.path(), "old.example"), vec![]), PoolProtocol::Http);
+    assert_eq!(daemon.apply(&first).await.listeners["l1"], Ok(()));
+    let served = move || {
+        let out = sh(Command::new("curl").args(["-sS", "-k", "-v", "--max-time", "10"]).arg(format!("https://127.0.0.1:{port}/")));
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(blocking(served).await.contains("CN=old.example"));
+    let second = state(port, &[backend], tls_settings(bundle(dir.path(), "new.example"), vec![]), PoolProtocol::Http);
+    assert_eq!(daemon.apply(&second).await.listeners["l1"], Ok(()));
+    assert!(blocking(served).await.contains("CN=new.example"));
+}
