@@ -42,7 +42,7 @@ impl Daemon {
                 policy.capabilities.summary()
             ),
         }
-        let metrics = Arc::new(Metrics::new(&policy.capabilities));
+        let metrics = Arc::new(Metrics::new(&policy));
         let policy = Arc::new(policy);
         let reconciler = Mutex::new(Reconciler::new(policy.clone(), metrics.clone()));
         Arc::new(Daemon { metrics, policy, reconciler })

@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::tls::offload::Capabilities;
+use crate::tls::accept::OffloadPolicy;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -71,7 +71,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(caps: &Capabilities) -> Self {
+    pub fn new(policy: &OffloadPolicy) -> Self {
+        let caps = &policy.capabilities;
         let mut registry = Registry::with_prefix("lb");
         let m = Metrics {
             connections: Family::default(),
@@ -105,8 +106,8 @@ impl Metrics {
         registry.register("http_responses", "HTTP responses sent to clients by status code", m.http_responses.clone());
         registry.register("member_errors", "Failures talking to members, by reason", m.member_errors.clone());
         let (available, reason) = match &caps.ulp {
+            _ if !policy.enabled => (0, "disabled_by_config"),
             Ok(()) => (1, "available"),
-            Err(r) if r.contains("disabled") => (0, "disabled_by_config"),
             Err(_) => (0, "kernel_without_ktls"),
         };
         m.ktls_available.get_or_create(&ReasonLabels { reason }).set(available);

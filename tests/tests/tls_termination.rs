@@ -59,6 +59,14 @@ fn curl(port: u16, host: &str, extra: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A data plane serving one TERMINATED_HTTPS listener on a free port; checks it applied.
+async fn start(mode: KtlsMode, backends: &[std::net::SocketAddr], tls: ListenerTls, pool: PoolProtocol) -> (Arc<Daemon>, u16) {
+    let daemon = Daemon::start(mode);
+    let port = free_port();
+    assert_eq!(daemon.apply(&state(port, backends, tls, pool)).await.listeners["l1"], Ok(()));
+    (daemon, port)
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
@@ -67,10 +75,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 async fn http1_and_h2_clients_reach_the_backend_with_forwarded_headers() {
     let dir = tempfile::tempdir().unwrap();
     let backend = echo_backend("one").await;
-    let daemon = Daemon::start(KtlsMode::Auto);
-    let port = free_port();
-    let report = daemon.apply(&state(port, &[backend], tls_settings(bundle(dir.path(), "a.example"), vec![]), PoolProtocol::Http)).await;
-    assert_eq!(report.listeners["l1"], Ok(()));
+    let tls = tls_settings(bundle(dir.path(), "a.example"), vec![]);
+    let (daemon, port) = start(KtlsMode::Auto, &[backend], tls, PoolProtocol::Http).await;
 
     let h1 = blocking(move || curl(port, "a.example", &["--http1.1"])).await;
     assert!(h1.contains("backend=one") && h1.contains("path=/hello?x=1"), "{h1}");
@@ -98,10 +104,8 @@ async fn http1_and_h2_clients_reach_the_backend_with_forwarded_headers() {
 async fn sni_picks_the_matching_certificate_and_falls_back_to_the_default() {
     let dir = tempfile::tempdir().unwrap();
     let backend = echo_backend("one").await;
-    let daemon = Daemon::start(KtlsMode::Off);
-    let port = free_port();
     let tls = tls_settings(bundle(dir.path(), "default.example"), vec![bundle(dir.path(), "b.example")]);
-    assert_eq!(daemon.apply(&state(port, &[backend], tls, PoolProtocol::Http)).await.listeners["l1"], Ok(()));
+    let (_daemon, port) = start(KtlsMode::Off, &[backend], tls, PoolProtocol::Http).await;
 
     let subject = move |sni: &'static str| {
         let out = Command::new("openssl")
@@ -120,11 +124,9 @@ async fn sni_picks_the_matching_certificate_and_falls_back_to_the_default() {
 async fn tls_versions_restrict_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let backend = echo_backend("one").await;
-    let daemon = Daemon::start(KtlsMode::Off);
-    let port = free_port();
     let mut tls = tls_settings(bundle(dir.path(), "a.example"), vec![]);
     tls.tls_versions = vec![TlsVersion::Tls13];
-    assert_eq!(daemon.apply(&state(port, &[backend], tls, PoolProtocol::Http)).await.listeners["l1"], Ok(()));
+    let (_daemon, port) = start(KtlsMode::Off, &[backend], tls, PoolProtocol::Http).await;
     let try_version = move |flag: &'static str| {
         Command::new("curl")
             .args(["-sS", "-k", "--max-time", "10", flag, "--tls-max", if flag == "--tlsv1.2" { "1.2" } else { "1.3" }])
@@ -143,10 +145,8 @@ async fn raw_mode_forwards_bytes_and_a_refused_member_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let backend = echo_backend("raw").await;
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let daemon = Daemon::start(KtlsMode::Auto);
-    let port = free_port();
-    let st = state(port, &[dead, backend], tls_settings(bundle(dir.path(), "a.example"), vec![]), PoolProtocol::Tcp);
-    assert_eq!(daemon.apply(&st).await.listeners["l1"], Ok(()));
+    let tls = tls_settings(bundle(dir.path(), "a.example"), vec![]);
+    let (_daemon, port) = start(KtlsMode::Auto, &[dead, backend], tls, PoolProtocol::Tcp).await;
     for _ in 0..4 {
         // raw mode: the backend itself speaks HTTP, lbd adds no headers
         let body = blocking(move || curl(port, "a.example", &["--http1.1"])).await;

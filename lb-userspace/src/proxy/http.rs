@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::ListenerRuntime;
-use super::upstream::{MemberRuntime, UpBody, UpstreamError};
+use super::upstream::{MemberRuntime, UpBody};
 use crate::metrics::RequestLabels;
 
 type RespBody = BoxBody<Bytes, hyper::Error>;
@@ -79,10 +79,10 @@ async fn forward(
     let replayable = body.is_end_stream();
     let body: UpBody = if replayable { Either::Right(Empty::new()) } else { Either::Left(body) };
 
-    let checkout = pool.checkout(rt.timeouts.member_connect).await.map_err(|e| match e {
-        UpstreamError::NoMembers => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        UpstreamError::AllFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    })?;
+    let checkout = pool
+        .checkout(rt.timeouts.member_connect)
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let member = checkout.member.clone();
     let mut sender = checkout.sender;
     let first = send(&mut sender, head.build(body), rt).await;
