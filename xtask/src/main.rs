@@ -3,13 +3,18 @@
 //! setup: install what a fresh machine lacks (apt packages, nightly rust-src, bpf-linker).
 //! build-ebpf: build the XDP program with nightly for bpfel-unknown-none.
 //! test: build the eBPF object and run the whole workspace test suite.
-//! ci: setup, then test (what `.ci/run` calls).
+//! vm-test: run the kernel-dependent suites (kTLS, XDP) as root in a QEMU guest on Debian's kernel.
+//! vm-run: run any command in that guest (debugging).
+//! ci: setup, test, vm-test (what `.ci/run` calls).
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+
+mod vm;
 
 #[derive(Parser)]
 struct Cli {
@@ -25,12 +30,33 @@ enum Cmd {
     BuildEbpf,
     /// Build the eBPF object and run all tests.
     Test,
-    /// setup + test.
+    /// Run the kTLS and XDP suites as root in a QEMU guest booted on Debian's kernel.
+    VmTest {
+        /// Guest time limit in seconds before the run counts as a harness failure.
+        #[arg(long, default_value_t = 2400)]
+        timeout: u64,
+        /// Arguments passed to each test binary (a name filter, --exact, ...).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run one command as root in the guest (cwd = workspace root).
+    VmRun {
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// setup + test + vm-test.
     Ci,
 }
 
+/// Test binaries that need a kernel with kTLS (and, later, native XDP): `(package, test target)`.
+/// On the host their kernel-dependent tests are `#[ignore]`d with the reason; the guest runs them
+/// with `--include-ignored`.
+const VM_SUITES: &[(&str, &str)] = &[("lb-tests", "ktls")];
+
 const APT_PACKAGES: &[&str] = &[
-    "curl", "openssl", "nghttp2-client", "haproxy", "nginx", "wrk", "iproute2", "qemu-system-x86", "busybox-static",
+    "curl", "openssl", "nghttp2-client", "haproxy", "nginx", "wrk", "iproute2", "qemu-system-x86", "busybox-static", "xz-utils",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -39,11 +65,49 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup => setup(),
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Test => test(),
+        Cmd::VmTest { timeout, args } => std::process::exit(vm_test(&args, Duration::from_secs(timeout))?),
+        Cmd::VmRun { timeout, argv } => std::process::exit(vm::run_in_guest(&argv, &[], Duration::from_secs(timeout))?),
         Cmd::Ci => {
             setup()?;
-            test()
+            test()?;
+            match vm_test(&[], Duration::from_secs(2400))? {
+                0 => Ok(()),
+                code => std::process::exit(code),
+            }
         }
     }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Builds each VM suite's test binary on the host and runs it in its own guest.
+fn vm_test(args: &[String], timeout: Duration) -> anyhow::Result<i32> {
+    let mut failed = 0;
+    for (package, target) in VM_SUITES {
+        let exe = test_binary(package, target)?;
+        let mut argv = vec![exe, "--include-ignored".to_string()];
+        argv.extend(args.iter().cloned());
+        let code = vm::run_in_guest(&argv, &[("LB_REQUIRE_KTLS", "1")], timeout)?;
+        eprintln!("xtask vm-test: {package} --test {target}: exit {code}");
+        if code != 0 {
+            failed = code;
+        }
+    }
+    Ok(failed)
+}
+
+/// Compiles one integration-test target and returns its executable's path.
+fn test_binary(package: &str, target: &str) -> anyhow::Result<String> {
+    let json = output(Command::new("cargo")
+        .args(["test", "--locked", "--no-run", "--message-format=json-render-diagnostics", "-p", package, "--test", target])
+        .current_dir(workspace_root()))?;
+    json.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == target && v["profile"]["test"] == true)
+        .find_map(|v| v["executable"].as_str().map(String::from))
+        .with_context(|| format!("cargo built no test executable for {package} --test {target}"))
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
