@@ -21,6 +21,16 @@ pub enum KtlsMode {
     Off,
 }
 
+impl KtlsMode {
+    /// The offload policy this mode starts from (probing the kernel for `auto`).
+    pub fn policy(self) -> OffloadPolicy {
+        match self {
+            KtlsMode::Auto => OffloadPolicy::probe(),
+            KtlsMode::Off => OffloadPolicy::disabled(),
+        }
+    }
+}
+
 /// A running data plane.
 pub struct Daemon {
     pub metrics: Arc<Metrics>,
@@ -31,10 +41,15 @@ pub struct Daemon {
 impl Daemon {
     /// Probes kTLS (per `mode`) and starts with nothing configured. Logs the kTLS decision.
     pub fn start(mode: KtlsMode) -> Arc<Self> {
-        let policy = match mode {
-            KtlsMode::Auto => OffloadPolicy::probe(),
-            KtlsMode::Off => OffloadPolicy::disabled(),
-        };
+        Self::start_with(mode.policy())
+    }
+
+    /// Starts with an explicit offload policy (for example ciphers kept in userspace).
+    pub fn start_with(policy: OffloadPolicy) -> Arc<Self> {
+        if !policy.userspace_ciphers.is_empty() {
+            let names: Vec<&str> = policy.userspace_ciphers.iter().map(|c| c.name()).collect();
+            tracing::info!("kTLS policy keeps {} in userspace", names.join(", "));
+        }
         match &policy.capabilities.ulp {
             Ok(()) => tracing::info!("{}", policy.capabilities.summary()),
             Err(_) => tracing::warn!(

@@ -68,3 +68,14 @@ pub async fn echo_backend(name: &'static str) -> SocketAddr {
     });
     addr
 }
+
+pub mod bulk;
+pub mod client;
+pub mod fixture;
+
+/// The value of the Prometheus sample `series` (name with labels, exactly as exposed), 0 if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

@@ -5,51 +5,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use lb_common::model::*;
+use lb_tests::fixture::*;
 use lb_tests::*;
-use lb_userspace::certs;
 use lb_userspace::daemon::{Daemon, KtlsMode};
-
-fn bundle(dir: &std::path::Path, name: &str) -> Arc<CertificateBundle> {
-    let (c, k) = self_signed(dir, name, "2");
-    Arc::new(certs::from_pem(name, &std::fs::read(c).unwrap(), &std::fs::read(k).unwrap(), None, None).unwrap())
-}
-
-fn state(port: u16, backends: &[std::net::SocketAddr], tls: ListenerTls, pool_protocol: PoolProtocol) -> DesiredState {
-    DesiredState {
-        generation: 1,
-        load_balancers: vec![LoadBalancer {
-            id: "lb1".into(),
-            vip_address: "127.0.0.1".parse().unwrap(),
-            admin_state_up: true,
-            listeners: vec![Listener {
-                id: "l1".into(),
-                protocol: ListenerProtocol::TerminatedHttps,
-                protocol_port: port,
-                admin_state_up: true,
-                connection_limit: None,
-                default_pool_id: Some("p1".into()),
-                timeouts: Timeouts::default(),
-                insert_headers: InsertHeaders { forwarded_for: true, forwarded_port: true, forwarded_proto: true },
-                tls: Some(tls),
-            }],
-            pools: vec![Pool {
-                id: "p1".into(),
-                protocol: pool_protocol,
-                lb_algorithm: LbAlgorithm::RoundRobin,
-                admin_state_up: true,
-                members: backends
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| Member { id: format!("m{i}"), address: a.ip(), protocol_port: a.port(), weight: 1, admin_state_up: true })
-                    .collect(),
-            }],
-        }],
-    }
-}
-
-fn tls_settings(default: Arc<CertificateBundle>, sni: Vec<Arc<CertificateBundle>>) -> ListenerTls {
-    ListenerTls { default_certificate: default, sni_certificates: sni, tls_versions: vec![], tls_ciphers: vec![], alpn_protocols: vec![] }
-}
 
 fn curl(port: u16, host: &str, extra: &[&str]) -> String {
     let out = sh(Command::new("curl")
@@ -61,14 +19,7 @@ fn curl(port: u16, host: &str, extra: &[&str]) -> String {
 
 /// A data plane serving one TERMINATED_HTTPS listener on a free port; checks it applied.
 async fn start(mode: KtlsMode, backends: &[std::net::SocketAddr], tls: ListenerTls, pool: PoolProtocol) -> (Arc<Daemon>, u16) {
-    let daemon = Daemon::start(mode);
-    let port = free_port();
-    assert_eq!(daemon.apply(&state(port, backends, tls, pool)).await.listeners["l1"], Ok(()));
-    (daemon, port)
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
+    serve(Daemon::start(mode), backends, tls, pool).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,7 +89,11 @@ fn vm_test(args: &[String], timeout: Duration) -> anyhow::Result<i32> {
         let exe = test_binary(package, target)?;
         let mut argv = vec![exe, "--include-ignored".to_string()];
         argv.extend(args.iter().cloned());
-        let code = vm::run_in_guest(&argv, &[("LB_REQUIRE_KTLS", "1")], timeout)?;
+        // Test knobs (LB_BULK_BYTES, ...) pass through to the guest.
+        let env: Vec<(String, String)> =
+            std::env::vars().filter(|(k, _)| k.starts_with("LB_") && !k.starts_with("LB_VM")).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let code = vm::run_in_guest(&argv, &env, timeout)?;
         eprintln!("xtask vm-test: {package} --test {target}: exit {code}");
         if code != 0 {
             failed = code;

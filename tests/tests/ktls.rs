@@ -1,0 +1,443 @@
+//! kTLS on a real kernel: every test here needs a kernel with kTLS, so on a host without it they
+//! are ignored with the reason shown; `cargo xtask vm-test` runs them with `--include-ignored`
+//! as root in a QEMU guest booted on Debian's kernel, where they must pass. They assert through
+//! the kernel's own `/proc/net/tls_stat` as well as lbd's counters, so they cannot pass with the
+//! records silently left in userspace.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use lb_common::model::*;
+use lb_tests::fixture::*;
+use lb_tests::{bulk, client, free_port, metric, sh};
+use lb_userspace::daemon::{Daemon, KtlsMode};
+use lb_userspace::tls::offload::{self, KernelCipher, record_type};
+use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `/proc/net/tls_stat` counts every socket of the machine: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const KTLS_INSTALLED: &str = r#"lb_tls_connections_total{offload="ktls",reason="installed"}"#;
+
+/// A snapshot of `/proc/net/tls_stat`.
+struct TlsStat(BTreeMap<String, u64>);
+
+impl TlsStat {
+    fn now() -> Self {
+        TlsStat(offload::tls_stat().expect("this test needs a kernel with kTLS: /proc/net/tls_stat is missing"))
+    }
+
+    /// Counters that moved since `earlier`, as "Name+delta" (deterministic, for assertions).
+    fn since(&self, earlier: &TlsStat) -> BTreeMap<String, i64> {
+        self.0
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = *v as i64 - *earlier.0.get(k).unwrap_or(&0) as i64;
+                (d != 0).then(|| (k.clone(), d))
+            })
+            .collect()
+    }
+}
+
+/// Asserts that `conns` sockets had kTLS TX and RX installed in software and nothing failed
+/// (waiting briefly: lbd installs kTLS just after the client has seen the handshake finish).
+async fn assert_offloaded(before: &TlsStat, conns: i64) -> BTreeMap<String, i64> {
+    let installed = || TlsStat::now().since(before).get("TlsRxSw").copied().unwrap_or(0) >= conns;
+    for _ in 0..100 {
+        if installed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delta = TlsStat::now().since(before);
+    println!("tls_stat delta: {delta:?}");
+    assert_eq!(delta.get("TlsTxSw"), Some(&conns), "TLS_TX installs: {delta:?}");
+    assert_eq!(delta.get("TlsRxSw"), Some(&conns), "TLS_RX installs: {delta:?}");
+    assert_eq!(delta.get("TlsDecryptError"), None, "{delta:?}");
+    delta
+}
+
+/// Waits (generously: the guest is emulated) until `cond` holds.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..600 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn bulk_bytes() -> u64 {
+    std::env::var("LB_BULK_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30)
+}
+
+fn tls_with(dir: &std::path::Path, versions: Vec<TlsVersion>, ciphers: &[&str]) -> ListenerTls {
+    let mut tls = tls_settings(bundle(dir, "a.example"), vec![]);
+    tls.tls_versions = versions;
+    tls.tls_ciphers = ciphers.iter().map(|c| c.to_string()).collect();
+    tls
+}
+
+/// curl: upload `n` bytes to /verify, then download `n` bytes, on one keep-alive connection.
+fn curl_up_and_down(port: u16, dir: &std::path::Path, n: usize) {
+    let upload = dir.join("upload.bin");
+    let mut data = vec![0u8; n];
+    bulk::fill(5, 0, &mut data);
+    std::fs::write(&upload, &data).unwrap();
+    let base = format!("https://a.example:{port}");
+    let out = sh(Command::new("curl")
+        .args(["-sS", "-k", "--http1.1", "--max-time", "120", "--resolve", &format!("a.example:{port}:127.0.0.1")])
+        .arg("-T")
+        .arg(&upload)
+        .arg(format!("{base}/verify?seed=5"))
+        .args(["--next", "-sS", "-k", "--http1.1", "--max-time", "120"])
+        .arg(format!("{base}/bytes?n={n}&seed=6")));
+    let expected_verdict = format!("ok {n}");
+    assert!(out.stdout.starts_with(expected_verdict.as_bytes()), "{}", String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(200)]));
+    let mut v = bulk::Verifier::new(6);
+    v.update(&out.stdout[expected_verdict.len()..]);
+    assert_eq!(v.verdict(), expected_verdict);
+}
+
+/// openssl s_client: one HTTP/1.1 request with `Connection: close`; lbd must end the connection
+/// with close_notify from the kernel for s_client to exit cleanly.
+fn s_client_get(port: u16, n: usize) {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "a.example", "-quiet", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    write!(child.stdin.take().unwrap(), "GET /bytes?n={n}&seed=9 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = &out.stdout;
+    let split = text.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP response") + 4;
+    assert!(text.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&text[..split]));
+    let mut v = bulk::Verifier::new(9);
+    v.update(&text[split..]);
+    assert_eq!(v.verdict(), format!("ok {n}"), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn every_version_and_cipher_is_offloaded_with_curl_and_openssl() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = bulk::http_backend().await;
+    let cases = [
+        (TlsVersion::Tls13, "TLS_AES_128_GCM_SHA256"),
+        (TlsVersion::Tls13, "TLS_AES_256_GCM_SHA384"),
+        (TlsVersion::Tls13, "TLS_CHACHA20_POLY1305_SHA256"),
+        (TlsVersion::Tls12, "ECDHE-ECDSA-AES128-GCM-SHA256"),
+        (TlsVersion::Tls12, "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        (TlsVersion::Tls12, "ECDHE-ECDSA-CHACHA20-POLY1305"),
+    ];
+    for (version, cipher) in cases {
+        let daemon = Daemon::start(KtlsMode::Auto);
+        assert!(daemon.policy.capabilities.ulp.is_ok(), "{}", daemon.policy.capabilities.summary());
+        let (daemon, port) = serve(daemon, &[backend], tls_with(dir.path(), vec![version], &[cipher]), PoolProtocol::Http).await;
+        let before = TlsStat::now();
+        let d = dir.path().to_path_buf();
+        blocking(move || curl_up_and_down(port, &d, 256 * 1024)).await;
+        blocking(move || s_client_get(port, 100_000)).await;
+        println!("{version:?} {cipher}:");
+        assert_offloaded(&before, 2).await;
+        let m = daemon.metrics.encode();
+        assert_eq!(metric(&m, KTLS_INSTALLED), 2.0, "{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn ciphers_kept_in_userspace_by_policy_or_switch_are_counted() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = bulk::http_backend().await;
+    let mut policy = KtlsMode::Auto.policy();
+    policy.userspace_ciphers = vec![KernelCipher::Chacha20Poly1305];
+    let tls = || tls_with(dir.path(), vec![TlsVersion::Tls13], &["TLS_CHACHA20_POLY1305_SHA256"]);
+    let (by_policy, port) = serve(Daemon::start_with(policy), &[backend], tls(), PoolProtocol::Http).await;
+    let (switched_off, off_port) = serve(Daemon::start(KtlsMode::Off), &[backend], tls(), PoolProtocol::Http).await;
+
+    let before = TlsStat::now();
+    let d = dir.path().to_path_buf();
+    blocking(move || curl_up_and_down(port, &d, 64 * 1024)).await;
+    let d = dir.path().to_path_buf();
+    blocking(move || curl_up_and_down(off_port, &d, 64 * 1024)).await;
+    let delta = TlsStat::now().since(&before);
+    assert_eq!(delta.get("TlsTxSw"), None, "nothing offloaded: {delta:?}");
+    let m = by_policy.metrics.encode();
+    assert_eq!(metric(&m, r#"lb_tls_connections_total{offload="userspace",reason="cipher_policy"}"#), 1.0, "{m}");
+    let m = switched_off.metrics.encode();
+    assert_eq!(metric(&m, r#"lb_tls_connections_total{offload="userspace",reason="disabled_by_config"}"#), 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn raw_mode_moves_a_gigabyte_each_way_intact_through_splice() {
+    let _serial = serial();
+    let n = bulk_bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, mut reports) = bulk::raw_backend().await;
+    let tls = tls_with(dir.path(), vec![], &[]);
+    let (daemon, port) = serve(Daemon::start(KtlsMode::Auto), &[backend], tls, PoolProtocol::Tcp).await;
+    let before = TlsStat::now();
+
+    let cfg = client::config(&[&rustls::version::TLS13], Some(vec![cs::TLS13_AES_128_GCM_SHA256]), &[]);
+    let tls = client::connect(port, "a.example", cfg).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(tls);
+    let writer = tokio::spawn(async move {
+        w.write_all(&bulk::raw_header(n, 42)).await?;
+        bulk::write_stream(&mut w, 42, n).await?;
+        w.shutdown().await // close_notify, then FIN
+    });
+    let download = bulk::read_stream(&mut r, 43).await.expect("download ends with close_notify");
+    writer.await.unwrap().unwrap();
+    assert_eq!(download.verdict(), format!("ok {n}"));
+    let report = reports.recv().await.unwrap();
+    assert_eq!((report.upload, report.error), (format!("ok {n}"), None));
+    assert_offloaded(&before, 1).await;
+    assert_eq!(metric(&daemon.metrics.encode(), KTLS_INSTALLED), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn http_mode_moves_a_gigabyte_each_way_intact_with_curl() {
+    let _serial = serial();
+    let n = bulk_bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = bulk::http_backend().await;
+    let tls = tls_with(dir.path(), vec![], &[]);
+    let (daemon, port) = serve(Daemon::start(KtlsMode::Auto), &[backend], tls, PoolProtocol::Http).await;
+    let before = TlsStat::now();
+    let url = |path: String| format!("https://127.0.0.1:{port}{path}");
+
+    // Download: curl's stdout is verified as it streams.
+    let download_url = url(format!("/bytes?n={n}&seed=11"));
+    let download = blocking(move || {
+        let mut curl = Command::new("curl")
+            .args(["-sS", "-k", "--http1.1", "--fail", &download_url])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = curl.stdout.take().unwrap();
+        let mut v = bulk::Verifier::new(11);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let k = out.read(&mut buf).unwrap();
+            if k == 0 {
+                break;
+            }
+            v.update(&buf[..k]);
+        }
+        assert!(curl.wait().unwrap().success());
+        v.verdict()
+    })
+    .await;
+    assert_eq!(download, format!("ok {n}"));
+
+    // Upload: curl reads the stream from stdin (chunked), the backend verifies it.
+    let upload_url = url("/verify?seed=12".into());
+    let verdict = blocking(move || {
+        let mut curl = Command::new("curl")
+            .args(["-sS", "-k", "--http1.1", "--fail", "-T", "-", &upload_url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = curl.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut sent = 0u64;
+            while sent < n {
+                let len = (n - sent).min(buf.len() as u64) as usize;
+                bulk::fill(12, sent, &mut buf[..len]);
+                stdin.write_all(&buf[..len]).unwrap();
+                sent += len as u64;
+            }
+        });
+        let out = curl.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    })
+    .await;
+    assert_eq!(verdict, format!("ok {n}"));
+    assert_offloaded(&before, 2).await;
+    assert_eq!(metric(&daemon.metrics.encode(), KTLS_INSTALLED), 2.0);
+}
+
+/// Runs h2load and returns its "requests:" summary line.
+fn h2load(port: u16, args: &[&str]) -> String {
+    let out = sh(Command::new("h2load").args(args).arg(format!("https://127.0.0.1:{port}/hello")));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines().find(|l| l.starts_with("requests:")).unwrap_or(&text).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn many_requests_on_one_keep_alive_connection_and_multiplexed_h2_streams() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = bulk::http_backend().await;
+    let tls = tls_with(dir.path(), vec![], &[]);
+    let (daemon, port) = serve(Daemon::start(KtlsMode::Auto), &[backend], tls, PoolProtocol::Http).await;
+    let before = TlsStat::now();
+    let h1 = blocking(move || h2load(port, &["--h1", "-n", "500", "-c", "1"])).await;
+    assert!(h1.contains("500 succeeded, 0 failed, 0 errored"), "{h1}");
+    let h2 = blocking(move || h2load(port, &["-n", "500", "-c", "1", "-m", "16"])).await;
+    assert!(h2.contains("500 succeeded, 0 failed, 0 errored"), "{h2}");
+    assert_offloaded(&before, 2).await;
+    let m = daemon.metrics.encode();
+    assert_eq!(metric(&m, KTLS_INSTALLED), 2.0, "{m}");
+    assert_eq!(metric(&m, r#"lb_http_responses_total{listener="l1",code="200"}"#), 1000.0, "{m}");
+}
+
+/// Connects in raw mode and sends the backend header plus `n` bytes of stream 42.
+async fn raw_session(port: u16, n: u64) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let cfg = client::config(&[&rustls::version::TLS13], None, &[]);
+    let mut tls = client::connect(port, "a.example", cfg).await.unwrap();
+    tls.write_all(&bulk::raw_header(0, 42)).await.unwrap();
+    bulk::write_stream(&mut tls, 42, n).await.unwrap();
+    tls.flush().await.unwrap();
+    tls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn control_records_after_offload_end_connections_cleanly() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, mut reports) = bulk::raw_backend().await;
+    let tls = tls_with(dir.path(), vec![], &[]);
+    let (daemon, port) = serve(Daemon::start(KtlsMode::Auto), &[backend], tls, PoolProtocol::Tcp).await;
+    let before = TlsStat::now();
+    let closed = |reason: &str| metric(&daemon.metrics.encode(), &format!(r#"lb_ktls_closed_total{{reason="{reason}"}}"#));
+
+    // close_notify from the client: everything before it arrives, lbd answers with close_notify.
+    let mut tls = raw_session(port, 100_000).await;
+    tls.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).await.expect("lbd closes with close_notify, not a bare FIN");
+    let report = reports.recv().await.unwrap();
+    assert_eq!((report.upload.as_str(), report.error), ("ok 100000", None));
+
+    // A fatal alert mid-stream, sent through the client's own kTLS TX path.
+    let tls = raw_session(port, 1000).await;
+    let (tcp, conn) = tls.into_inner();
+    let version = conn.protocol_version().unwrap();
+    let secrets = conn.dangerous_extract_secrets().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+    offload::install(fd, version, secrets).unwrap();
+    offload::send_record(fd, record_type::ALERT, &[2, 80]).unwrap(); // fatal internal_error
+    let report = reports.recv().await.unwrap();
+    assert_eq!(report.upload, "ok 1000", "bytes before the alert arrive intact: {report:?}");
+    eventually("the alert to be counted", || closed("alert") == 1.0).await;
+    drop(tcp);
+
+    // A TLS 1.3 KeyUpdate from the client: the kernel can't follow new keys here, so lbd ends
+    // the connection; what came before arrives intact, nothing after it is forwarded.
+    let mut tls = raw_session(port, 1000).await;
+    tls.get_mut().1.refresh_traffic_keys().unwrap();
+    bulk::write_stream(&mut tls, 4242, 5000).await.unwrap();
+    tls.flush().await.unwrap();
+    let report = reports.recv().await.unwrap();
+    assert_eq!(report.upload, "ok 1000", "nothing after the KeyUpdate reaches the member: {report:?}");
+    eventually("the KeyUpdate to be counted", || closed("key_update") == 1.0).await;
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest).await;
+
+    // Three lbd sockets, plus the client socket that sent the alert through its own kTLS.
+    assert_offloaded(&before, 4).await;
+}
+
+/// One HTTP/1.1 request over `tls` with `Connection: close`; returns the verified body verdict.
+async fn get_and_close(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, n: usize) -> String {
+    tls.write_all(format!("GET /bytes?n={n}&seed=3 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    tls.read_to_end(&mut resp).await.expect("response ends with close_notify");
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut v = bulk::Verifier::new(3);
+    v.update(&resp[split..]);
+    v.verdict()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn resumed_sessions_are_offloaded_too() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = bulk::http_backend().await;
+    let tls = tls_with(dir.path(), vec![], &[]);
+    let (daemon, port) = serve(Daemon::start(KtlsMode::Auto), &[backend], tls, PoolProtocol::Http).await;
+    let before = TlsStat::now();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let cfg = client::config(&[version], None, &[b"http/1.1"]);
+        for expected in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed] {
+            let mut tls = client::connect(port, "a.example", cfg.clone()).await.unwrap();
+            assert_eq!(tls.get_ref().1.handshake_kind(), Some(expected), "{version:?}");
+            // TLS 1.3 tickets were sent by rustls before the kernel took TX over; a corrupt or
+            // lost ticket would fail this connection or the next one's resumption.
+            assert_eq!(get_and_close(&mut tls, 20_000).await, "ok 20000");
+        }
+    }
+    assert_offloaded(&before, 4).await;
+    assert_eq!(metric(&daemon.metrics.encode(), KTLS_INSTALLED), 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn rotating_the_certificate_keeps_open_ktls_connections_working() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = bulk::http_backend().await;
+    let daemon = Daemon::start(KtlsMode::Auto);
+    let port = free_port();
+    let apply = |name: &str| state(port, &[backend], tls_settings(bundle(dir.path(), name), vec![]), PoolProtocol::Http);
+    assert_eq!(daemon.apply(&apply("old.example")).await.listeners["l1"], Ok(()));
+    let before = TlsStat::now();
+    let cfg = client::config(rustls::ALL_VERSIONS, None, &[b"http/1.1"]);
+    let served_name = |tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        let der = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        String::from_utf8_lossy(&der).to_string()
+    };
+
+    let tls = client::connect(port, "a.example", cfg.clone()).await.unwrap();
+    assert!(served_name(&tls).contains("old.example"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let get = |n: usize| {
+        hyper::Request::get(format!("/bytes?n={n}&seed=8"))
+            .header("host", "a.example")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let body = |resp: hyper::Response<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let data = resp.into_body().collect().await.unwrap().to_bytes();
+        let mut v = bulk::Verifier::new(8);
+        v.update(&data);
+        v.verdict()
+    };
+    assert_eq!(body(sender.send_request(get(50_000)).await.unwrap()).await, "ok 50000");
+
+    assert_eq!(daemon.apply(&apply("new.example")).await.listeners["l1"], Ok(()));
+    // The open, offloaded connection keeps working across the rotation ...
+    for _ in 0..3 {
+        assert_eq!(body(sender.send_request(get(50_000)).await.unwrap()).await, "ok 50000");
+    }
+    // ... and the next handshake gets the new certificate.
+    let mut tls = client::connect(port, "a.example", cfg).await.unwrap();
+    assert!(served_name(&tls).contains("new.example"));
+    assert_eq!(get_and_close(&mut tls, 1000).await, "ok 1000");
+    assert_offloaded(&before, 2).await;
+}
