@@ -79,3 +79,42 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A three-level PKI written to `dir` as PEM: `root.crt`, `inter.crt`, `leaf.crt`, `leaf.key`
+/// (leaf for DNS name `name`, issued by the intermediate, issued by the root).
+pub struct Chain {
+    pub root: PathBuf,
+    pub intermediate: PathBuf,
+    pub leaf: PathBuf,
+    pub leaf_key: PathBuf,
+}
+
+pub fn chain(dir: &Path, name: &str) -> Chain {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_params = |cn: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root = ca_params("lb test root").self_signed(&root_key).unwrap();
+    let inter_key = KeyPair::generate().unwrap();
+    let inter = ca_params("lb test intermediate").signed_by(&inter_key, &root, &root_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec![name.to_string()]).unwrap();
+    leaf_params.distinguished_name.push(DnType::CommonName, name);
+    let leaf = leaf_params.signed_by(&leaf_key, &inter, &inter_key).unwrap();
+    let write = |file: &str, pem: String| {
+        let p = dir.join(file);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    Chain {
+        root: write("root.crt", root.pem()),
+        intermediate: write("inter.crt", inter.pem()),
+        leaf: write("leaf.crt", leaf.pem()),
+        leaf_key: write("leaf.key", leaf_key.serialize_pem()),
+    }
+}

@@ -122,3 +122,28 @@ async fn rotating_the_default_certificate_applies_to_the_next_handshake() {
     assert_eq!(daemon.apply(&second).await.listeners["l1"], Ok(()));
     assert!(blocking(served).await.contains("CN=new.example"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_chain_is_served_and_verifies_against_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = chain(dir.path(), "chain.example");
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let b = lb_userspace::certs::from_pem("t", &read(&pki.leaf), &read(&pki.leaf_key), Some(&read(&pki.intermediate)), None).unwrap();
+    let backend = echo_backend("one").await;
+    let (_daemon, port) = start(KtlsMode::Auto, &[backend], tls_settings(Arc::new(b), vec![]), PoolProtocol::Http).await;
+    let root = pki.root.clone();
+    let out = blocking(move || {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "chain.example", "-showcerts", "-verify_return_error"])
+            .arg("-CAfile")
+            .arg(&root)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    })
+    .await;
+    assert_eq!(out.matches("-----BEGIN CERTIFICATE-----").count(), 2, "leaf + intermediate: {out}");
+    assert!(out.contains("CN = lb test intermediate"), "{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+}

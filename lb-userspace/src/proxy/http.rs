@@ -80,20 +80,20 @@ async fn forward(
     let body: UpBody = if replayable { Either::Right(Empty::new()) } else { Either::Left(body) };
 
     let checkout = pool
-        .checkout(rt.timeouts.member_connect)
+        .checkout((rt.timeouts.member_connect, rt.timeouts.member_data))
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let member = checkout.member.clone();
     let mut sender = checkout.sender;
-    let first = send(&mut sender, head.build(body), rt).await;
+    let first = send(&mut sender, head.build(body)).await;
     let response = match first {
         // A reused connection the member closed while idle: safe to replay a bodiless request once.
         Err(SendError::Closed(_)) if checkout.reused && replayable => {
             sender = pool
-                .open_http(&member, rt.timeouts.member_connect)
+                .open_http(&member, (rt.timeouts.member_connect, rt.timeouts.member_data))
                 .await
                 .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("member {}: {e}", member.addr)))?;
-            send(&mut sender, head.build(Either::Right(Empty::new())), rt).await
+            send(&mut sender, head.build(Either::Right(Empty::new()))).await
         }
         other => other,
     };
@@ -113,19 +113,32 @@ enum SendError {
     Other(hyper::Error),
 }
 
-async fn send(sender: &mut SendRequest<UpBody>, req: Request<UpBody>, rt: &ListenerRuntime) -> Result<Response<Incoming>, SendError> {
-    let limit = rt.timeouts.member_data;
-    let result = tokio::time::timeout(limit, async {
+/// Sends one request. The member connection enforces `timeout_member_data` as inactivity (see
+/// `PoolRuntime::open_http`), so a long upload is not cut short while bytes still move.
+async fn send(sender: &mut SendRequest<UpBody>, req: Request<UpBody>) -> Result<Response<Incoming>, SendError> {
+    let result = async {
         sender.ready().await?;
         sender.send_request(req).await
-    })
+    }
     .await;
     match result {
-        Err(_) => Err(SendError::Timeout),
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => Err(SendError::Closed(e)),
-        Ok(Err(e)) => Err(SendError::Other(e)),
+        Ok(r) => Ok(r),
+        Err(e) if timed_out(&e) => Err(SendError::Timeout),
+        Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => Err(SendError::Closed(e)),
+        Err(e) => Err(SendError::Other(e)),
     }
+}
+
+/// Whether a member connection failed because no byte moved for `timeout_member_data`.
+fn timed_out(e: &hyper::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The parts of a client request sent on to the member, kept so a request can be replayed.

@@ -13,6 +13,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::io::Idle;
 use crate::metrics::{MemberLabels, Metrics};
 use lb_common::balance::Schedule;
 use lb_common::model::{Pool, PoolProtocol};
@@ -133,8 +134,9 @@ impl PoolRuntime {
     }
 
     /// An HTTP/1.1 connection for one request: an idle one of the scheduled member, else a new one,
-    /// moving on to the next member when a connection cannot be made.
-    pub async fn checkout(&self, timeout: Duration) -> Result<Checkout, UpstreamError> {
+    /// moving on to the next member when a connection cannot be made. `timeouts` are
+    /// (member_connect, member_data).
+    pub async fn checkout(&self, timeouts: (Duration, Duration)) -> Result<Checkout, UpstreamError> {
         let candidates = self.candidates();
         if candidates.is_empty() {
             return Err(UpstreamError::NoMembers);
@@ -144,7 +146,7 @@ impl PoolRuntime {
             if let Some(sender) = member.take_idle() {
                 return Ok(Checkout { member, sender, reused: true });
             }
-            match self.open_http(&member, timeout).await {
+            match self.open_http(&member, timeouts).await {
                 Ok(sender) => return Ok(Checkout { member, sender, reused: false }),
                 Err(e) => last = format!("{}: {e}", member.addr),
             }
@@ -153,9 +155,12 @@ impl PoolRuntime {
     }
 
     /// A fresh HTTP/1.1 connection to `member` (used to retry on a reused connection that closed).
-    pub async fn open_http(&self, member: &MemberRuntime, timeout: Duration) -> std::io::Result<SendRequest<UpBody>> {
-        let tcp = self.connect_member(member, timeout).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    /// The connection fails with `TimedOut` once no byte has moved either way for `member_data`:
+    /// a member that stops answering, mid-response or before it, or a pooled connection left
+    /// idle that long.
+    pub async fn open_http(&self, member: &MemberRuntime, (connect, member_data): (Duration, Duration)) -> std::io::Result<SendRequest<UpBody>> {
+        let tcp = self.connect_member(member, connect).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(Idle::new(tcp, member_data)))
             .await
             .map_err(std::io::Error::other)?;
         tokio::spawn(async move {
