@@ -1,26 +1,42 @@
-//! `lbd`: the lb daemon.
+//! `lbd`: the lb daemon, and its administration commands.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lb_userspace::api::{self, ApiState, keystone::admin};
+use lb_userspace::controller::Controller;
 use lb_userspace::daemon::{Daemon, KtlsMode};
+use lb_userspace::store::Store;
+use lb_userspace::store::seal::{Kek, random, write_private};
+use lb_userspace::store::sqlite::SqliteStore;
 use lb_userspace::tls::offload::KernelCipher;
 
 #[derive(Parser)]
 #[command(name = "lbd", version, about = "TLS-terminating load balancer: rustls handshakes, kTLS bulk crypto, XDP L4")]
 struct Cli {
+    /// State directory: database, key-encryption key, admin password.
+    #[arg(long, global = true, env = "LBD_STATE_DIR", default_value = "/var/lib/lbd")]
+    state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon.
+    /// Run the daemon: control API, controller, data plane.
     Serve {
-        /// Address of the HTTP endpoints (/metrics, /healthz).
+        /// Address of the API (Keystone, Barbican, Octavia, Neutron lookup), /metrics and /healthz.
         #[arg(long, default_value = "127.0.0.1:9876", env = "LBD_API_LISTEN")]
         api_listen: SocketAddr,
+        /// URL clients use to reach the API (catalog entries, hrefs). Default: http://<api-listen>.
+        #[arg(long, env = "LBD_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Largest Barbican secret payload accepted, in bytes.
+        #[arg(long, default_value_t = 64 * 1024, env = "LBD_MAX_SECRET_BYTES")]
+        max_secret_bytes: usize,
         /// kTLS use: `auto` probes the kernel and offloads what it supports; `off` keeps TLS in userspace.
         #[arg(long, value_enum, default_value = "auto", env = "LBD_KTLS")]
         ktls: KtlsMode,
@@ -29,16 +45,37 @@ enum Command {
         #[arg(long = "ktls-userspace-cipher", value_parser = parse_cipher)]
         ktls_userspace_ciphers: Vec<KernelCipher>,
     },
+    /// Print `export OS_...` lines for the stock openstack CLI (admin credentials).
+    Openrc,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage projects.
+    #[command(subcommand)]
+    Project(ProjectCmd),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LBD_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
-    match Cli::parse().command {
-        Command::Serve { api_listen, ktls, ktls_userspace_ciphers } => serve(api_listen, ktls, ktls_userspace_ciphers).await,
-    }
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user with a role on a project (or reset an existing user's password and role there).
+    Add {
+        name: String,
+        #[arg(long, env = "LBD_USER_PASSWORD")]
+        password: String,
+        #[arg(long, default_value = "admin")]
+        project: String,
+        /// admin, member or reader.
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    List,
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum ProjectCmd {
+    Add { name: String },
+    List,
 }
 
 fn parse_cipher(name: &str) -> Result<KernelCipher, String> {
@@ -48,12 +85,112 @@ fn parse_cipher(name: &str) -> Result<KernelCipher, String> {
     })
 }
 
-async fn serve(api_listen: SocketAddr, ktls: KtlsMode, userspace_ciphers: Vec<KernelCipher>) -> anyhow::Result<()> {
-    let mut policy = ktls.policy();
-    policy.userspace_ciphers = userspace_ciphers;
-    let daemon = Daemon::start_with(policy);
-    let api = tokio::net::TcpListener::bind(api_listen).await.with_context(|| format!("cannot listen on {api_listen}"))?;
-    tracing::info!(%api_listen, "lbd serving /metrics and /healthz");
+const PASSWORD_FILE: &str = "admin-password";
+const ENDPOINT_FILE: &str = "endpoint";
+
+/// Opens (creating on first use, mode 0700) the state directory's store.
+fn open_store(dir: &Path) -> anyhow::Result<Arc<SqliteStore>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "state directory is readable by others; secrets are encrypted but the key-encryption key is in it");
+    }
+    Ok(Arc::new(SqliteStore::open(&dir.join("state.db")).with_context(|| format!("cannot open {}", dir.join("state.db").display()))?))
+}
+
+/// The admin password: `LBD_ADMIN_PASSWORD`, else the one generated at first start.
+fn admin_password(dir: &Path) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("LBD_ADMIN_PASSWORD") {
+        return Ok(p);
+    }
+    let file = dir.join(PASSWORD_FILE);
+    if !file.exists() {
+        write_private(&file, hex::encode(random::<16>()).as_bytes())?;
+    }
+    Ok(std::fs::read_to_string(&file)?.trim().to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LBD_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let dir = cli.state_dir;
+    match cli.command {
+        Command::Serve { api_listen, public_url, max_secret_bytes, ktls, ktls_userspace_ciphers } => {
+            let public_url = public_url.unwrap_or_else(|| format!("http://{api_listen}")).trim_end_matches('/').to_string();
+            let mut policy = ktls.policy();
+            policy.userspace_ciphers = ktls_userspace_ciphers;
+            serve(&dir, api_listen, public_url, max_secret_bytes, Daemon::start_with(policy)).await
+        }
+        Command::Openrc => {
+            let url = std::fs::read_to_string(dir.join(ENDPOINT_FILE)).unwrap_or_else(|_| "http://127.0.0.1:9876".into());
+            let password = admin_password(&dir)?;
+            print!(
+                "export OS_AUTH_URL={}/v3\nexport OS_AUTH_TYPE=password\nexport OS_USERNAME=admin\nexport OS_PASSWORD='{}'\n\
+                 export OS_PROJECT_NAME=admin\nexport OS_USER_DOMAIN_NAME=Default\nexport OS_PROJECT_DOMAIN_NAME=Default\n\
+                 export OS_IDENTITY_API_VERSION=3\nexport OS_REGION_NAME=RegionOne\nexport OS_INTERFACE=public\n",
+                url.trim(),
+                password.replace('\'', r"'\''")
+            );
+            Ok(())
+        }
+        Command::User(cmd) => {
+            let store = open_store(&dir)?;
+            match cmd {
+                UserCmd::Add { name, password, project, role } => {
+                    let u = admin::add_user(store.as_ref(), &name, &password, &project, &role)?;
+                    println!("{} {}", u.id, u.name);
+                }
+                UserCmd::List => {
+                    let projects = admin::projects(store.as_ref())?;
+                    for u in admin::users(store.as_ref())? {
+                        let roles: Vec<String> = u
+                            .roles
+                            .iter()
+                            .map(|r| format!("{}:{}", projects.iter().find(|p| p.id == r.project_id).map_or("?", |p| p.name.as_str()), r.role))
+                            .collect();
+                        println!("{} {} {}", u.id, u.name, roles.join(","));
+                    }
+                }
+                UserCmd::Delete { name } => admin::delete_user(store.as_ref(), &name)?,
+            }
+            Ok(())
+        }
+        Command::Project(cmd) => {
+            let store = open_store(&dir)?;
+            match cmd {
+                ProjectCmd::Add { name } => println!("{}", admin::add_project(store.as_ref(), &name)?.id),
+                ProjectCmd::List => {
+                    for p in admin::projects(store.as_ref())? {
+                        println!("{} {}", p.id, p.name);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(dir: &Path, api_listen: SocketAddr, public_url: String, max_payload: usize, daemon: Arc<Daemon>) -> anyhow::Result<()> {
+    let store = open_store(dir)?;
+    let password = admin_password(dir)?;
+    admin::bootstrap(store.as_ref(), &password)?;
+    let kek = Arc::new(Kek::load_or_create(&dir.join("kek"))?);
+    let _ = std::fs::write(dir.join(ENDPOINT_FILE), &public_url);
+    let store: Arc<dyn Store> = store;
+    let controller = Controller::new(store.clone(), kek.clone(), daemon.clone());
+    tokio::spawn(controller.clone().run());
+    let state = Arc::new(ApiState { store, kek, tokens: Default::default(), public_url, controller, max_payload });
+
+    let app = api::router(state).merge(daemon.router());
+    let listener = tokio::net::TcpListener::bind(api_listen).await.with_context(|| format!("cannot listen on {api_listen}"))?;
+    tracing::info!(%api_listen, state_dir = %dir.display(), "lbd serving the control API, /metrics and /healthz");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
@@ -62,6 +199,6 @@ async fn serve(api_listen: SocketAddr, ktls: KtlsMode, userspace_ciphers: Vec<Ke
         }
         tracing::info!("shutting down");
     };
-    axum::serve(api, daemon.router()).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }

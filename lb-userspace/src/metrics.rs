@@ -67,6 +67,7 @@ pub struct Metrics {
     pub ktls_closed: Family<ReasonLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub http_responses: Family<RequestLabels, Counter>,
+    pub request_errors: Family<ListenerLabels, Counter>,
     pub member_errors: Family<MemberLabels, Counter>,
 }
 
@@ -84,6 +85,7 @@ impl Metrics {
             ktls_closed: Family::default(),
             bytes: Family::default(),
             http_responses: Family::default(),
+            request_errors: Family::default(),
             member_errors: Family::default(),
             registry: Registry::default(),
         };
@@ -104,6 +106,7 @@ impl Metrics {
         registry.register("ktls_closed", "Offloaded connections ended by a control record, by reason", m.ktls_closed.clone());
         registry.register("bytes", "Client-side bytes by direction (in: from clients)", m.bytes.clone());
         registry.register("http_responses", "HTTP responses sent to clients by status code", m.http_responses.clone());
+        registry.register("request_errors", "Requests answered with a 5xx by lbd or the member, per listener", m.request_errors.clone());
         registry.register("member_errors", "Failures talking to members, by reason", m.member_errors.clone());
         let (available, reason) = match &caps.ulp {
             _ if !policy.enabled => (0, "disabled_by_config"),
@@ -122,5 +125,43 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
+    }
+}
+
+/// Octavia's `stats` for one listener (summed for a load balancer).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct ListenerStats {
+    pub active_connections: u64,
+    pub total_connections: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub request_errors: u64,
+}
+
+impl std::ops::Add for ListenerStats {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        ListenerStats {
+            active_connections: self.active_connections + o.active_connections,
+            total_connections: self.total_connections + o.total_connections,
+            bytes_in: self.bytes_in + o.bytes_in,
+            bytes_out: self.bytes_out + o.bytes_out,
+            request_errors: self.request_errors + o.request_errors,
+        }
+    }
+}
+
+impl Metrics {
+    /// The counters of listener `id` (zero for one that never served).
+    pub fn listener_stats(&self, id: &str) -> ListenerStats {
+        let listener = ListenerLabels { listener: id.to_string() };
+        let bytes = |direction| self.bytes.get_or_create(&BytesLabels { listener: id.to_string(), direction }).get();
+        ListenerStats {
+            active_connections: self.active_connections.get_or_create(&listener).get().max(0) as u64,
+            total_connections: self.connections.get_or_create(&listener).get(),
+            bytes_in: bytes("in"),
+            bytes_out: bytes("out"),
+            request_errors: self.request_errors.get_or_create(&listener).get(),
+        }
     }
 }

@@ -56,7 +56,7 @@ enum Cmd {
 const VM_SUITES: &[(&str, &str)] = &[("lb-tests", "ktls")];
 
 const APT_PACKAGES: &[&str] = &[
-    "curl", "openssl", "nghttp2-client", "haproxy", "nginx", "wrk", "iproute2", "qemu-system-x86", "busybox-static", "xz-utils",
+    "curl", "openssl", "nghttp2-client", "haproxy", "nginx", "wrk", "iproute2", "qemu-system-x86", "busybox-static", "xz-utils", "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -87,7 +87,8 @@ fn vm_test(args: &[String], timeout: Duration) -> anyhow::Result<i32> {
     let mut failed = 0;
     for (package, target) in VM_SUITES {
         let exe = test_binary(package, target)?;
-        let mut argv = vec![exe, "--include-ignored".to_string()];
+        // --show-output: the kernel counters each test observed end up in the log.
+        let mut argv = vec![exe, "--include-ignored".to_string(), "--show-output".to_string()];
         argv.extend(args.iter().cloned());
         // Test knobs (LB_BULK_BYTES, ...) pass through to the guest.
         let env: Vec<(String, String)> =
@@ -157,6 +158,35 @@ fn setup() -> anyhow::Result<()> {
             .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22,no-llvm-linking"])
             .env("RUSTFLAGS", rustflags))?;
     }
+    openstack_venv()?;
+    Ok(())
+}
+
+/// The stock OpenStack CLI the end-to-end tests drive, pinned to the versions whose wire
+/// behaviour `shared/reference/openstack-cli-wire.md` records.
+const OPENSTACK_CLI: &[&str] = &["python-openstackclient==10.5.0", "python-octaviaclient==3.15.0", "python-barbicanclient==7.6.0"];
+
+/// Where the venv lives: `$LB_OPENSTACK_VENV`, else `~/.cache/lb/openstack-venv` (kept across
+/// clones, so CI installs it once per machine).
+fn venv_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LB_OPENSTACK_VENV") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/lb/openstack-venv")
+}
+
+fn openstack_venv() -> anyhow::Result<()> {
+    let venv = venv_dir();
+    let marker = venv.join(".lb-installed");
+    let wanted = OPENSTACK_CLI.join(" ");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing {wanted} into {}", venv.display());
+    run(Command::new("python3").arg("-m").arg("venv").arg("--clear").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check"]).args(OPENSTACK_CLI))?;
+    std::fs::write(marker, wanted)?;
     Ok(())
 }
 
@@ -172,5 +202,5 @@ fn build_ebpf() -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     build_ebpf()?;
-    run(Command::new("cargo").args(["test", "--workspace", "--locked"]))
+    run(Command::new("cargo").args(["test", "--workspace", "--locked"]).env("LB_OPENSTACK_VENV", venv_dir()))
 }

@@ -61,6 +61,9 @@ async fn proxy(req: Request<Incoming>, ctx: &ConnContext) -> Response<RespBody> 
         tracing::debug!(listener = %rt.id, peer = %ctx.peer, %status, why, "request not forwarded");
         error_response(status)
     });
+    if response.status().is_server_error() {
+        rt.metrics.request_errors.get_or_create(&crate::metrics::ListenerLabels { listener: rt.id.clone() }).inc();
+    }
     rt.metrics
         .http_responses
         .get_or_create(&RequestLabels { listener: rt.id.clone(), code: response.status().as_str().to_string() })

@@ -1,0 +1,146 @@
+//! `/pools/{pool_id}/members`: create, list, show, update (weight 0 drains), delete.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::input::Input;
+use super::pools::pool_of;
+use super::render::{self, World};
+use super::{OErr, list_response, lock_lb, new_common, update_common};
+use crate::api::auth::{Auth, Principal};
+use crate::api::error::Octavia;
+use crate::api::{ApiState, query_pairs};
+use crate::store::octavia::{MemberRec, PoolRec};
+use crate::store::{Kind, Txn, TxnExt};
+
+type A = Auth<Octavia>;
+
+const UPDATABLE: &[&str] = &["name", "admin_state_up", "tags", "weight", "backup", "monitor_address", "monitor_port"];
+const CREATE_ONLY: &[&str] = &["address", "protocol_port", "subnet_id", "project_id", "tenant_id"];
+
+pub fn fields() -> Vec<&'static str> {
+    UPDATABLE.iter().chain(CREATE_ONLY).copied().collect()
+}
+
+pub fn routes() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route("/pools/{pool_id}/members", get(list).post(create))
+        .route("/pools/{pool_id}/members/{id}", get(show).put(update).delete(delete))
+}
+
+fn apply(m: &mut MemberRec, input: &Input) -> Result<(), OErr> {
+    if let Some(w) = input.int("weight", 0, 256)? {
+        m.weight = w as u32;
+    }
+    if let Some(b) = input.bool("backup")? {
+        if b {
+            return Err(OErr::bad_request("backup: backup members are not implemented by lbd yet"));
+        }
+        m.backup = b;
+    }
+    if let Some(a) = input.nullable_str("monitor_address")? {
+        if let Some(addr) = &a {
+            addr.parse::<std::net::IpAddr>().map_err(|_| OErr::bad_request(format!("Invalid input for field/attribute monitor_address. Value: '{addr}'. Not an IP address.")))?;
+        }
+        m.monitor_address = a;
+    }
+    if let Some(port) = input.int("monitor_port", 1, 65535)? {
+        m.monitor_port = Some(port as u16);
+    }
+    Ok(())
+}
+
+/// A new member of `pool` from `input` (validated, not yet stored).
+pub fn build(tx: &mut dyn Txn, p: &Principal, input: &Input, pool: &PoolRec) -> Result<MemberRec, OErr> {
+    let address = input.required_str("address")?;
+    let ip: std::net::IpAddr = address
+        .parse()
+        .map_err(|_| OErr::bad_request(format!("Invalid input for field/attribute address. Value: '{address}'. Not an IP address.")))?;
+    let mut m = MemberRec {
+        common: new_common(p, input)?,
+        pool_id: pool.common.id.clone(),
+        address: ip.to_string(),
+        protocol_port: input.required_int("protocol_port", 1, 65535)? as u16,
+        weight: 1,
+        backup: false,
+        subnet_id: input.str("subnet_id")?,
+        monitor_address: None,
+        monitor_port: None,
+    };
+    m.common.project_id = pool.common.project_id.clone();
+    m.common.operating_status = "NO_MONITOR".into();
+    apply(&mut m, input)?;
+    let members: Vec<MemberRec> = tx.list(Kind::Member)?;
+    if members.iter().any(|o| o.pool_id == m.pool_id && o.address == m.address && o.protocol_port == m.protocol_port) {
+        return Err(OErr::conflict(format!("Another member on this pool is already using ip {} on protocol_port {}", m.address, m.protocol_port)));
+    }
+    Ok(m)
+}
+
+fn member_of(tx: &mut dyn Txn, p: &Principal, pool_id: &str, id: &str) -> Result<MemberRec, OErr> {
+    tx.get::<MemberRec>(Kind::Member, id)?
+        .filter(|m| m.pool_id == pool_id && p.sees(&m.common.project_id))
+        .ok_or_else(|| OErr::not_found("Member", id))
+}
+
+async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(pool_id): Path<String>, body: Bytes) -> Result<(StatusCode, Json<Value>), OErr> {
+    p.require_write()?;
+    let input = Input::parse(&body, "member", &fields())?;
+    let m = s.write(|tx| -> Result<MemberRec, OErr> {
+        let pool = pool_of(tx, &p, &pool_id)?;
+        lock_lb(tx, &p, &pool.loadbalancer_id)?;
+        let m = build(tx, &p, &input, &pool)?;
+        tx.put(Kind::Member, &m.common.id, &m)?;
+        Ok(m)
+    })?;
+    tracing::info!(member = %m.common.id, address = %m.address, port = m.protocol_port, "member created");
+    Ok((StatusCode::CREATED, Json(json!({"member": render::member(&m)}))))
+}
+
+async fn list(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(pool_id): Path<String>, RawQuery(q): RawQuery) -> Result<Json<Value>, OErr> {
+    let w = s.read(|tx| -> Result<World, OErr> {
+        pool_of(tx, &p, &pool_id)?;
+        Ok(World::load(tx)?)
+    })?;
+    let items = w.members.iter().filter(|m| m.pool_id == pool_id && p.sees(&m.common.project_id)).map(render::member).collect();
+    Ok(Json(list_response(items, &query_pairs(q.as_deref()), "members", &s.public_url)?))
+}
+
+async fn show(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path((pool_id, id)): Path<(String, String)>) -> Result<Json<Value>, OErr> {
+    let m = s.read(|tx| member_of(tx, &p, &pool_id, &id))?;
+    Ok(Json(json!({"member": render::member(&m)})))
+}
+
+async fn update(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path((pool_id, id)): Path<(String, String)>, body: Bytes) -> Result<Json<Value>, OErr> {
+    p.require_write()?;
+    let input = Input::parse(&body, "member", UPDATABLE)?;
+    let m = s.write(|tx| -> Result<MemberRec, OErr> {
+        let mut m = member_of(tx, &p, &pool_id, &id)?;
+        let pool = pool_of(tx, &p, &pool_id)?;
+        lock_lb(tx, &p, &pool.loadbalancer_id)?;
+        update_common(&mut m.common, &input)?;
+        apply(&mut m, &input)?;
+        tx.put(Kind::Member, &id, &m)?;
+        Ok(m)
+    })?;
+    Ok(Json(json!({"member": render::member(&m)})))
+}
+
+async fn delete(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path((pool_id, id)): Path<(String, String)>) -> Result<StatusCode, OErr> {
+    p.require_write()?;
+    s.write(|tx| -> Result<(), OErr> {
+        member_of(tx, &p, &pool_id, &id)?;
+        let pool = pool_of(tx, &p, &pool_id)?;
+        lock_lb(tx, &p, &pool.loadbalancer_id)?;
+        tx.delete(Kind::Member, &id)?;
+        Ok(())
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,125 @@
+//! The control loop between the store and the data plane: after every API write (and once at
+//! start, to bring persisted state back after a restart) it builds the desired state from the
+//! store, applies it through the reconciler, and records the outcome in the objects'
+//! `provisioning_status` / `operating_status`.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::daemon::Daemon;
+use crate::desired;
+use crate::store::octavia::{ACTIVE, ERROR};
+use crate::store::seal::Kek;
+use crate::store::{Kind, Store, StoreError, Txn, TxnExt};
+
+pub struct Controller {
+    pub store: Arc<dyn Store>,
+    pub kek: Arc<Kek>,
+    pub daemon: Arc<Daemon>,
+    wake: Notify,
+}
+
+/// The store's write revision: every API write transaction increments it.
+pub fn revision(tx: &mut dyn Txn) -> Result<u64, StoreError> {
+    Ok(tx.get_raw(Kind::Meta, "rev")?.and_then(|v| v.as_u64()).unwrap_or(0))
+}
+
+/// Marks a write: call inside every API transaction that changes Octavia or Barbican objects.
+pub fn bump(tx: &mut dyn Txn) -> Result<(), StoreError> {
+    let next = revision(tx)? + 1;
+    tx.put_raw(Kind::Meta, "rev", &Value::from(next))
+}
+
+impl Controller {
+    pub fn new(store: Arc<dyn Store>, kek: Arc<Kek>, daemon: Arc<Daemon>) -> Arc<Self> {
+        Arc::new(Controller { store, kek, daemon, wake: Notify::new() })
+    }
+
+    /// Asks for a reconcile round (coalesced with any already pending).
+    pub fn kick(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs forever: one round now, then one per kick.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.round().await {
+                tracing::error!(error = %e, "reconcile round failed; retrying on the next change");
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    async fn round(&self) -> Result<(), StoreError> {
+        let (built, rev) = {
+            let mut tx = self.store.begin()?;
+            let rev = revision(&mut *tx)?;
+            (desired::build(&mut *tx, &self.kek, rev)?, rev)
+        };
+        let report = self.daemon.apply(&built.state).await;
+
+        let mut tx = self.store.begin()?;
+        if revision(&mut *tx)? != rev {
+            // Newer writes arrived meanwhile; their round records the statuses.
+            return Ok(());
+        }
+        let lbs_up: std::collections::HashMap<String, bool> = tx
+            .list_raw(Kind::LoadBalancer)?
+            .iter()
+            .map(|v| (v["id"].as_str().unwrap_or("").to_string(), v["admin_state_up"].as_bool().unwrap_or(true)))
+            .collect();
+        let mut degraded = std::collections::HashSet::new();
+        for mut l in tx.list_raw(Kind::Listener)? {
+            let id = l["id"].as_str().unwrap_or("").to_string();
+            let lb = l["loadbalancer_id"].as_str().unwrap_or("").to_string();
+            let up = l["admin_state_up"].as_bool().unwrap_or(true) && lbs_up.get(&lb).copied().unwrap_or(true);
+            let failure = built.errors.get(&id).cloned().or_else(|| report.listeners.get(&id).and_then(|r| r.clone().err()));
+            let (prov, op) = match failure {
+                Some(e) => {
+                    tracing::warn!(listener = %id, error = %e, "listener provisioning failed");
+                    degraded.insert(lb);
+                    (ERROR, "ERROR")
+                }
+                None if up => (ACTIVE, "ONLINE"),
+                None => (ACTIVE, "OFFLINE"),
+            };
+            set_status(&mut *tx, Kind::Listener, &id, &mut l, prov, op)?;
+        }
+        for mut p in tx.list_raw(Kind::Pool)? {
+            let op = if p["admin_state_up"].as_bool().unwrap_or(true) { "ONLINE" } else { "OFFLINE" };
+            let id = p["id"].as_str().unwrap_or("").to_string();
+            set_status(&mut *tx, Kind::Pool, &id, &mut p, ACTIVE, op)?;
+        }
+        for mut m in tx.list_raw(Kind::Member)? {
+            // No active health checking yet: Octavia reports NO_MONITOR for such members.
+            let op = if m["admin_state_up"].as_bool().unwrap_or(true) { "NO_MONITOR" } else { "OFFLINE" };
+            let id = m["id"].as_str().unwrap_or("").to_string();
+            set_status(&mut *tx, Kind::Member, &id, &mut m, ACTIVE, op)?;
+        }
+        for mut h in tx.list_raw(Kind::HealthMonitor)? {
+            let id = h["id"].as_str().unwrap_or("").to_string();
+            set_status(&mut *tx, Kind::HealthMonitor, &id, &mut h, ACTIVE, "ONLINE")?;
+        }
+        for mut lb in tx.list_raw(Kind::LoadBalancer)? {
+            let id = lb["id"].as_str().unwrap_or("").to_string();
+            let op = match (lbs_up.get(&id).copied().unwrap_or(true), degraded.contains(&id)) {
+                (false, _) => "OFFLINE",
+                (true, true) => "DEGRADED",
+                (true, false) => "ONLINE",
+            };
+            set_status(&mut *tx, Kind::LoadBalancer, &id, &mut lb, ACTIVE, op)?;
+        }
+        tx.commit()
+    }
+}
+
+fn set_status(tx: &mut dyn Txn, kind: Kind, id: &str, doc: &mut Value, prov: &str, op: &str) -> Result<(), StoreError> {
+    if doc["provisioning_status"] == prov && doc["operating_status"] == op {
+        return Ok(());
+    }
+    doc["provisioning_status"] = Value::from(prov);
+    doc["operating_status"] = Value::from(op);
+    tx.put(kind, id, doc)
+}

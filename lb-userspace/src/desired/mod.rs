@@ -1,0 +1,158 @@
+//! From the store to the data plane's desired state: reads every Octavia object, resolves TLS
+//! references into validated certificate bundles, and produces one [`DesiredState`] snapshot.
+//! Listeners whose references no longer resolve are left out and reported, so the controller can
+//! mark them ERROR with the reason.
+
+pub mod tlsref;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_common::model::*;
+
+use crate::store::octavia::{ListenerRec, LoadBalancerRec, MemberRec, PoolRec};
+use crate::store::seal::Kek;
+use crate::store::{Kind, StoreError, Txn, TxnExt};
+
+/// A snapshot plus the listeners that could not be included, with why.
+pub struct Built {
+    pub state: DesiredState,
+    pub errors: BTreeMap<Id, String>,
+}
+
+pub fn listener_protocol(p: &str) -> Option<ListenerProtocol> {
+    Some(match p {
+        "HTTP" => ListenerProtocol::Http,
+        "HTTPS" => ListenerProtocol::Https,
+        "TERMINATED_HTTPS" => ListenerProtocol::TerminatedHttps,
+        "TCP" => ListenerProtocol::Tcp,
+        "UDP" => ListenerProtocol::Udp,
+        _ => return None,
+    })
+}
+
+pub fn pool_protocol(p: &str) -> Option<PoolProtocol> {
+    Some(match p {
+        "HTTP" => PoolProtocol::Http,
+        "HTTPS" => PoolProtocol::Https,
+        "TCP" => PoolProtocol::Tcp,
+        "UDP" => PoolProtocol::Udp,
+        "PROXY" => PoolProtocol::Proxy,
+        _ => return None,
+    })
+}
+
+pub fn lb_algorithm(a: &str) -> Option<LbAlgorithm> {
+    Some(match a {
+        "ROUND_ROBIN" => LbAlgorithm::RoundRobin,
+        "LEAST_CONNECTIONS" => LbAlgorithm::LeastConnections,
+        "SOURCE_IP" => LbAlgorithm::SourceIp,
+        "SOURCE_IP_PORT" => LbAlgorithm::SourceIpPort,
+        _ => return None,
+    })
+}
+
+pub fn tls_version(v: &str) -> Option<TlsVersion> {
+    match v {
+        "TLSv1.2" => Some(TlsVersion::Tls12),
+        "TLSv1.3" => Some(TlsVersion::Tls13),
+        _ => None,
+    }
+}
+
+fn header_on(l: &ListenerRec, name: &str) -> bool {
+    l.insert_headers.get(name).and_then(|v| v.as_str()).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// The TLS settings of a TERMINATED_HTTPS listener, resolving its references.
+pub fn listener_tls(tx: &mut dyn Txn, kek: &Kek, l: &ListenerRec, project: Option<&str>) -> Result<Option<ListenerTls>, tlsref::RefError> {
+    let Some(default) = &l.default_tls_container_ref else { return Ok(None) };
+    let default_certificate = Arc::new(tlsref::bundle(tx, kek, "default_tls_container_ref", default, project)?);
+    let mut sni_certificates = Vec::new();
+    for r in &l.sni_container_refs {
+        sni_certificates.push(Arc::new(tlsref::bundle(tx, kek, "sni_container_refs", r, project)?));
+    }
+    Ok(Some(ListenerTls {
+        default_certificate,
+        sni_certificates,
+        tls_versions: l.tls_versions.iter().filter_map(|v| tls_version(v)).collect(),
+        tls_ciphers: l.tls_ciphers.iter().flat_map(|c| c.split(':')).filter(|c| !c.is_empty()).map(String::from).collect(),
+        alpn_protocols: l.alpn_protocols.clone(),
+    }))
+}
+
+fn listener(tx: &mut dyn Txn, kek: &Kek, l: &ListenerRec) -> Result<Listener, String> {
+    let protocol = listener_protocol(&l.protocol).ok_or_else(|| format!("protocol {} is not supported", l.protocol))?;
+    let tls = if protocol == ListenerProtocol::TerminatedHttps {
+        Some(listener_tls(tx, kek, l, None).map_err(|e| e.to_string())?.ok_or("TERMINATED_HTTPS listener without default_tls_container_ref")?)
+    } else {
+        None
+    };
+    Ok(Listener {
+        id: l.common.id.clone(),
+        protocol,
+        protocol_port: l.protocol_port,
+        admin_state_up: l.common.admin_state_up,
+        connection_limit: u32::try_from(l.connection_limit).ok(),
+        default_pool_id: l.default_pool_id.clone(),
+        timeouts: Timeouts {
+            client_data: Duration::from_millis(l.timeout_client_data),
+            member_connect: Duration::from_millis(l.timeout_member_connect),
+            member_data: Duration::from_millis(l.timeout_member_data),
+        },
+        insert_headers: InsertHeaders {
+            forwarded_for: header_on(l, "X-Forwarded-For"),
+            forwarded_port: header_on(l, "X-Forwarded-Port"),
+            forwarded_proto: header_on(l, "X-Forwarded-Proto"),
+        },
+        tls,
+    })
+}
+
+fn pool(p: &PoolRec, members: &[MemberRec]) -> Option<Pool> {
+    Some(Pool {
+        id: p.common.id.clone(),
+        protocol: pool_protocol(&p.protocol)?,
+        lb_algorithm: lb_algorithm(&p.lb_algorithm)?,
+        admin_state_up: p.common.admin_state_up,
+        members: members
+            .iter()
+            .filter(|m| m.pool_id == p.common.id)
+            .filter_map(|m| {
+                Some(Member {
+                    id: m.common.id.clone(),
+                    address: m.address.parse().ok()?,
+                    protocol_port: m.protocol_port,
+                    weight: m.weight,
+                    admin_state_up: m.common.admin_state_up,
+                })
+            })
+            .collect(),
+    })
+}
+
+/// Builds the snapshot for `generation` from everything in the store.
+pub fn build(tx: &mut dyn Txn, kek: &Kek, generation: u64) -> Result<Built, StoreError> {
+    let lbs: Vec<LoadBalancerRec> = tx.list(Kind::LoadBalancer)?;
+    let listeners: Vec<ListenerRec> = tx.list(Kind::Listener)?;
+    let pools: Vec<PoolRec> = tx.list(Kind::Pool)?;
+    let members: Vec<MemberRec> = tx.list(Kind::Member)?;
+    let mut errors = BTreeMap::new();
+    let mut load_balancers = Vec::new();
+    for lb in &lbs {
+        let Ok(vip_address) = lb.vip_address.parse() else { continue };
+        let mut out = LoadBalancer { id: lb.common.id.clone(), vip_address, admin_state_up: lb.common.admin_state_up, listeners: vec![], pools: vec![] };
+        for l in listeners.iter().filter(|l| l.loadbalancer_id == lb.common.id) {
+            match listener(tx, kek, l) {
+                Ok(built) => out.listeners.push(built),
+                Err(e) => {
+                    errors.insert(l.common.id.clone(), e);
+                }
+            }
+        }
+        out.pools = pools.iter().filter(|p| p.loadbalancer_id == lb.common.id).filter_map(|p| pool(p, &members)).collect();
+        load_balancers.push(out);
+    }
+    Ok(Built { state: DesiredState { generation, load_balancers }, errors })
+}
