@@ -72,6 +72,7 @@ pub async fn echo_backend(name: &'static str) -> SocketAddr {
 pub mod bulk;
 pub mod client;
 pub mod fixture;
+pub mod lbd;
 
 /// The value of the Prometheus sample `series` (name with labels, exactly as exposed), 0 if absent.
 pub fn metric(text: &str, series: &str) -> f64 {

@@ -202,5 +202,10 @@ fn build_ebpf() -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     build_ebpf()?;
-    run(Command::new("cargo").args(["test", "--workspace", "--locked"]).env("LB_OPENSTACK_VENV", venv_dir()))
+    // The end-to-end tests run the real lbd binary.
+    run(Command::new("cargo").args(["build", "--locked", "-p", "lb-userspace", "--bin", "lbd"]))?;
+    run(Command::new("cargo")
+        .args(["test", "--workspace", "--locked"])
+        .env("LB_OPENSTACK_VENV", venv_dir())
+        .env("LBD_BIN", workspace_root().join("target/debug/lbd")))
 }

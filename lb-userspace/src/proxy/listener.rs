@@ -105,6 +105,9 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRu
     let http_pool = rt.pool.as_ref().map(|p| p.protocol == PoolProtocol::Http).unwrap_or(rt.protocol != ListenerProtocol::Tcp);
     let result = if http_pool && matches!(rt.protocol, ListenerProtocol::Http | ListenerProtocol::TerminatedHttps) {
         let ctx = Arc::new(ConnContext { listener: shared.clone(), peer, tls: is_tls });
+        // Counts client bytes and closes a connection idle (no byte either way) for client_data.
+        let (rx, tx) = rt.byte_counters();
+        let client = super::io::Idle::new(client, rt.timeouts.client_data).counted(rx, tx);
         http::serve(client, h2, ctx).await.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
     } else {
         raw::forward(client, peer, &rt).await.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)

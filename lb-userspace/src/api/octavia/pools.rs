@@ -285,9 +285,6 @@ fn apply_hm(h: &mut HealthMonitorRec, input: &Input) -> Result<(), OErr> {
     if let Some(v) = input.raw("http_version").and_then(Value::as_f64) {
         h.http_version = Some(v);
     }
-    if h.timeout > h.delay {
-        return Err(OErr::bad_request(format!("timeout ({}) must not exceed delay ({})", h.timeout, h.delay)));
-    }
     Ok(())
 }
 

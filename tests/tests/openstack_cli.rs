@@ -1,0 +1,268 @@
+//! The stock `openstack` CLI (python-openstackclient + octaviaclient + barbicanclient, in the
+//! venv `cargo xtask setup` installs) against a real `lbd` process: the Octavia/Barbican how-to
+//! commands run verbatim in bash, then real clients (curl, openssl s_client) check what the data
+//! plane serves. Negative cases go through the CLI and raw HTTP; a restart test kills lbd with
+//! SIGKILL and checks that everything comes back and serves.
+
+use std::path::Path;
+use std::process::Command;
+
+use lb_tests::lbd::Lbd;
+use lb_tests::{chain, echo_backend, free_port, pkcs12, self_signed, sh};
+
+/// The certificate subject lbd serves for `sni` on `port`, and how many certificates it sent.
+fn served(port: u16, sni: &str) -> (String, usize) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", sni, "-showcerts"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let subject = text.lines().find(|l| l.starts_with("subject=")).unwrap_or("").to_string();
+    (subject, text.matches("-----BEGIN CERTIFICATE-----").count())
+}
+
+fn curl_body(port: u16, host: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "10", "--resolve", &format!("{host}:{port}:127.0.0.1"), &format!("https://{host}:{port}/howto")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Waits until the listener on `port` serves `host` (the controller applies asynchronously).
+fn wait_serving(port: u16, host: &str) -> String {
+    for _ in 0..100 {
+        let body = curl_body(port, host);
+        if body.contains("backend=") {
+            return body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("listener on {port} never served {host}");
+}
+
+fn write_pkcs12(dir: &Path, name: &str) {
+    let (c, k) = self_signed(dir, name, "30");
+    let der = pkcs12(dir, &c, &k, "", false);
+    std::fs::write(dir.join(format!("{name}.p12")), der).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn howto_terminated_https_with_pkcs12_containers_sni_rotation_and_cascade_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend("one").await;
+    let work = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let lbd = Lbd::start(&work);
+        let port = free_port();
+        write_pkcs12(&work, "www.example");
+        // Octavia cookbook: TLS-terminated HTTPS load balancer with a PKCS12 secret.
+        lbd.script(&work, &format!(r#"
+openstack secret store --name='tls_secret1' -t 'application/octet-stream' -e 'base64' --payload="$(base64 < www.example.p12)"
+openstack loadbalancer create --name lb1 --vip-subnet-id lo-127.0.0.0 --vip-address 127.0.0.1 --wait
+openstack loadbalancer listener create --protocol-port {port} --protocol TERMINATED_HTTPS --name listener1 --default-tls-container=$(openstack secret list | awk '/ tls_secret1 / {{print $2}}') --wait lb1
+openstack loadbalancer pool create --name pool1 --lb-algorithm ROUND_ROBIN --listener listener1 --protocol HTTP --wait
+openstack loadbalancer member create --address 127.0.0.1 --protocol-port {backend_port} --wait pool1
+openstack loadbalancer healthmonitor create --delay 5 --max-retries 4 --timeout 10 --type HTTP --url-path / --wait pool1
+"#, backend_port = backend.port()));
+        let body = wait_serving(port, "www.example");
+        assert!(body.contains("x-forwarded-proto: https") || body.contains("backend=one"), "{body}");
+        assert!(served(port, "www.example").0.contains("CN = www.example"));
+
+        // Typed secrets (certificate, key, intermediate) in a certificate container, as an SNI
+        // certificate: the full chain is served for that name.
+        let pki = chain(&work, "two.example");
+        lbd.script(&work, &format!(r#"
+openstack secret store --name cert2 -s certificate -t text/plain --payload "$(cat {leaf})"
+openstack secret store --name key2 -s private -t text/plain --payload "$(cat {key})"
+openstack secret store --name chain2 -s certificate -t text/plain --payload "$(cat {inter})"
+ref() {{ openstack secret list --name "$1" -f value -c 'Secret href'; }}
+openstack secret container create --name tls_container2 --type certificate \
+  --secret "certificate=$(ref cert2)" --secret "private_key=$(ref key2)" --secret "intermediates=$(ref chain2)"
+C2=$(openstack secret container list -f value -c 'Container href' -c Name | awk '/ tls_container2$/ {{print $1}}')
+openstack loadbalancer listener set --sni-container-refs "$C2" --wait listener1
+"#, leaf = pki.leaf.display(), key = pki.leaf_key.display(), inter = pki.intermediate.display()));
+        let (subject, certs) = (0..50)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                served(port, "two.example")
+            })
+            .find(|(s, _)| s.contains("two.example"))
+            .expect("SNI certificate served");
+        assert!(subject.contains("CN = two.example"));
+        assert_eq!(certs, 2, "leaf + intermediate");
+        assert!(served(port, "other.example").0.contains("CN = www.example"), "default for unknown names");
+
+        // Rotation: a new PKCS12 secret becomes the default certificate.
+        write_pkcs12(&work, "www3.example");
+        lbd.script(&work, r#"
+openstack secret store --name='tls_secret3' -t 'application/octet-stream' -e 'base64' --payload="$(base64 < www3.example.p12)"
+openstack loadbalancer listener set --default-tls-container-ref $(openstack secret list | awk '/ tls_secret3 / {print $2}') --wait listener1
+"#);
+        assert!((0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            served(port, "www.example").0.contains("CN = www3.example")
+        }));
+
+        // Reading back: stats, status tree, lists, the payload byte for byte.
+        let stats = lbd.os(&["loadbalancer", "stats", "show", "lb1", "-f", "value", "-c", "total_connections"]);
+        assert!(stats.parse::<u64>().unwrap() >= 3, "{stats}");
+        let status = lbd.os(&["loadbalancer", "status", "show", "lb1"]);
+        assert!(status.contains("\"operating_status\": \"ONLINE\"") && status.contains("NO_MONITOR"), "{status}");
+        assert!(lbd.os(&["loadbalancer", "list", "-f", "value", "-c", "name", "-c", "provisioning_status"]).contains("lb1 ACTIVE"));
+        assert!(lbd.os(&["loadbalancer", "member", "list", "pool1", "-f", "value", "-c", "protocol_port"]).contains(&backend.port().to_string()));
+        lbd.script(&work, r#"
+REF=$(openstack secret list | awk '/ tls_secret1 / {print $2}')
+openstack secret get "$REF"
+openstack secret get "$REF" --file roundtrip.p12 -t application/octet-stream
+cmp roundtrip.p12 www.example.p12
+"#);
+
+        // Deleting what is in use is refused; cascade delete removes everything and stops serving.
+        let err = lbd.os_fails(&["secret", "delete", &lbd.script(&work, "openstack secret list | awk '/ tls_secret3 / {print $2}'")]);
+        assert!(err.contains("in use") || err.contains("consumer"), "{err}");
+        let err = lbd.os_fails(&["loadbalancer", "delete", "lb1"]);
+        assert!(err.contains("has children"), "{err}");
+        lbd.os(&["loadbalancer", "delete", "--cascade", "--wait", "lb1"]);
+        assert!(lbd.os(&["loadbalancer", "list", "-f", "value"]).is_empty());
+        assert!((0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        }), "listener closed after the cascade delete");
+        lbd.script(&work, "openstack secret delete $(openstack secret list | awk '/ tls_secret3 / {print $2}')");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_precisely_and_projects_are_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let lbd = Lbd::start(&work);
+        let url = lbd.url();
+        let err = lbd.os_fails(&["secret", "store", "--name", "bad", "-t", "text/plain", "-e", "base64", "--payload", "aGVsbG8="]);
+        assert!(err.contains("base64 is not allowed with payload_content_type text/plain"), "{err}");
+        let err = lbd.os_fails(&["secret", "store", "--name", "bad", "-t", "application/octet-stream", "-e", "base64", "--payload", "!!not base64!!"]);
+        assert!(err.contains("not valid base64"), "{err}");
+        let err = lbd.os_fails(&["secret", "store", "--name", "bad", "-t", "application/x-unknown", "--payload", "x"]);
+        assert!(err.contains("not supported"), "{err}");
+        assert!(lbd.os(&["secret", "list", "-f", "value"]).is_empty(), "nothing stored by refused requests");
+
+        // A certificate container whose key is not the certificate's; an expired certificate;
+        // a reference to nothing.
+        let (c1, _) = self_signed(&work, "one.example", "2");
+        let (_, k2) = self_signed(&work, "two.example", "2");
+        let mut params = rcgen::CertificateParams::new(vec!["old.example".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(work.join("old.crt"), params.self_signed(&key).unwrap().pem()).unwrap();
+        std::fs::write(work.join("old.key"), key.serialize_pem()).unwrap();
+        let port = free_port();
+        lbd.script(&work, &format!(r#"
+ref() {{ openstack secret list --name "$1" -f value -c 'Secret href'; }}
+openstack secret store --name c1 -t text/plain --payload "$(cat {c1})"
+openstack secret store --name k2 -t text/plain --payload "$(cat {k2})"
+openstack secret store --name oldc -t text/plain --payload "$(cat old.crt)"
+openstack secret store --name oldk -t text/plain --payload "$(cat old.key)"
+openstack secret container create --name mismatch --type certificate --secret "certificate=$(ref c1)" --secret "private_key=$(ref k2)"
+openstack secret container create --name expired --type certificate --secret "certificate=$(ref oldc)" --secret "private_key=$(ref oldk)"
+openstack loadbalancer create --name lb1 --vip-subnet-id lo-127.0.0.0 --vip-address 127.0.0.1 --wait
+"#, c1 = c1.display(), k2 = k2.display()));
+        let container = |name: &str| lbd.script(&work, &format!("openstack secret container list -f value -c 'Container href' -c Name | awk '/ {name}$/ {{print $1}}'"));
+        let listener = |reference: &str| {
+            lbd.os_fails(&["loadbalancer", "listener", "create", "--protocol", "TERMINATED_HTTPS", "--protocol-port", &port.to_string(), "--default-tls-container-ref", reference, "lb1"])
+        };
+        let err = listener(&container("mismatch"));
+        assert!(err.contains("private_key does not match the certificate") && err.contains("HTTP 400"), "{err}");
+        let err = listener(&container("expired"));
+        assert!(err.contains("expired"), "{err}");
+        let err = listener(&format!("{url}/v1/secrets/9b6a3d4e-1f2a-4c3b-8d7e-0a1b2c3d4e5f"));
+        assert!(err.contains("no secret or container 9b6a3d4e-1f2a-4c3b-8d7e-0a1b2c3d4e5f"), "{err}");
+        let err = lbd.os_fails(&["loadbalancer", "create", "--name", "x", "--vip-subnet-id", "lo-127.0.0.0", "--vip-address", "192.0.2.250"]);
+        assert!(err.contains("not an address of this host") || err.contains("not in subnet"), "{err}");
+        let err = lbd.os_fails(&["loadbalancer", "listener", "create", "--protocol", "UDP", "--protocol-port", "53", "lb1"]);
+        assert!(err.contains("UDP"), "{err}");
+
+        // Missing token: 401 in each service's format.
+        for path in ["/v2.0/lbaas/loadbalancers", "/v1/secrets"] {
+            let out = sh(Command::new("curl").args(["-s", "-w", "\n%{http_code}", &format!("{url}{path}")]));
+            assert!(String::from_utf8_lossy(&out.stdout).ends_with("401"), "{path}");
+        }
+
+        // Projects: a member of p2 cannot see or use p1's objects; a reader cannot write.
+        let state = work.join("state");
+        let lbd_cmd = |args: &[&str]| sh(Command::new(lb_tests::lbd::lbd_binary()).args(args).env("LBD_STATE_DIR", &state));
+        lbd_cmd(&["project", "add", "p1"]);
+        lbd_cmd(&["project", "add", "p2"]);
+        lbd_cmd(&["user", "add", "alice", "--password", "pw-alice", "--project", "p1", "--role", "member"]);
+        lbd_cmd(&["user", "add", "bob", "--password", "pw-bob", "--project", "p2", "--role", "member"]);
+        lbd_cmd(&["user", "add", "rita", "--password", "pw-rita", "--project", "p1", "--role", "reader"]);
+        let as_user = |user: &str, project: &str, args: &[&str]| {
+            let pw = format!("pw-{user}");
+            lbd.openstack_as(&[("OS_USERNAME", user), ("OS_PASSWORD", &pw), ("OS_PROJECT_NAME", project)], args)
+        };
+        let out = as_user("alice", "p1", &["secret", "store", "--name", "alice-secret", "-t", "text/plain", "--payload", "hello"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = as_user("alice", "p1", &["loadbalancer", "create", "--name", "alice-lb", "--vip-subnet-id", "lo-127.0.0.0", "--vip-address", "127.0.0.2", "--wait"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = as_user("bob", "p2", &["secret", "list", "-f", "value"]);
+        assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("alice-secret"));
+        let out = as_user("bob", "p2", &["loadbalancer", "show", "alice-lb"]);
+        assert!(!out.status.success(), "another project's load balancer is invisible");
+        let alice_lb = String::from_utf8(as_user("alice", "p1", &["loadbalancer", "show", "alice-lb", "-f", "value", "-c", "id"]).stdout).unwrap();
+        let out = as_user("bob", "p2", &["loadbalancer", "show", alice_lb.trim()]);
+        assert!(!out.status.success());
+        let alice_secret = String::from_utf8(as_user("alice", "p1", &["secret", "list", "-f", "value", "-c", "Secret href"]).stdout).unwrap();
+        let out = as_user("bob", "p2", &["loadbalancer", "create", "--name", "bob-lb", "--vip-subnet-id", "lo-127.0.0.0", "--vip-address", "127.0.0.3", "--wait"]);
+        assert!(out.status.success());
+        let out = as_user("bob", "p2", &["loadbalancer", "listener", "create", "--protocol", "TERMINATED_HTTPS", "--protocol-port", "9443", "--default-tls-container-ref", alice_secret.trim(), "bob-lb"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no secret or container"), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = as_user("rita", "p1", &["loadbalancer", "list", "-f", "value", "-c", "name"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("alice-lb"), "readers read");
+        let out = as_user("rita", "p1", &["loadbalancer", "create", "--name", "rita-lb", "--vip-subnet-id", "lo-127.0.0.0", "--vip-address", "127.0.0.4"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 403"), "{}", String::from_utf8_lossy(&out.stderr));
+        let admin_sees = lbd.os(&["loadbalancer", "list", "-f", "value", "-c", "name"]);
+        assert!(admin_sees.contains("alice-lb") && admin_sees.contains("bob-lb"), "admin sees all: {admin_sees}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_kill_9_and_traffic_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend("after-restart").await;
+    let work = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut lbd = Lbd::start(&work);
+        let port = free_port();
+        write_pkcs12(&work, "www.example");
+        lbd.script(&work, &format!(r#"
+openstack secret store --name='tls_secret1' -t 'application/octet-stream' -e 'base64' --payload="$(base64 < www.example.p12)"
+openstack loadbalancer create --name lb1 --vip-subnet-id lo-127.0.0.0 --vip-address 127.0.0.1 --wait
+openstack loadbalancer listener create --protocol-port {port} --protocol TERMINATED_HTTPS --name listener1 --default-tls-container=$(openstack secret list | awk '/ tls_secret1 / {{print $2}}') --wait lb1
+openstack loadbalancer pool create --name pool1 --lb-algorithm ROUND_ROBIN --listener listener1 --protocol HTTP --wait
+openstack loadbalancer member create --address 127.0.0.1 --protocol-port {backend_port} --wait pool1
+"#, backend_port = backend.port()));
+        wait_serving(port, "www.example");
+        let before = lbd.os(&["loadbalancer", "listener", "show", "listener1", "-f", "json"]);
+
+        lbd.crash_and_restart();
+        let body = wait_serving(port, "www.example");
+        assert!(body.contains("backend=after-restart"), "{body}");
+        assert!(served(port, "www.example").0.contains("CN = www.example"));
+        let after = lbd.os(&["loadbalancer", "listener", "show", "listener1", "-f", "json"]);
+        assert_eq!(before, after, "the listener came back unchanged");
+        lbd.script(&work, r#"
+openstack secret get $(openstack secret list | awk '/ tls_secret1 / {print $2}') --file back.p12 -t application/octet-stream
+cmp back.p12 www.example.p12
+"#);
+        assert!(lbd.os(&["loadbalancer", "show", "lb1", "-f", "value", "-c", "provisioning_status"]).contains("ACTIVE"));
+    })
+    .await
+    .unwrap();
+}
