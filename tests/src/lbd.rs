@@ -25,6 +25,14 @@ pub fn venv() -> PathBuf {
     dir
 }
 
+/// The venv with python-barbicanclient 6.0.0 (certificate orders by subject DN).
+pub fn venv_barbican6() -> PathBuf {
+    let main = venv();
+    let dir = main.with_file_name(format!("{}-barbican6", main.file_name().unwrap().to_string_lossy()));
+    assert!(dir.join("bin/openstack").exists(), "no barbicanclient 6 venv in {}: run `cargo xtask setup`", dir.display());
+    dir
+}
+
 pub struct Lbd {
     pub dir: PathBuf,
     pub port: u16,
@@ -102,7 +110,12 @@ impl Lbd {
     /// Runs a bash script (`set -euo pipefail`) with the admin environment and the openstack CLI
     /// on PATH, in `cwd`: how-to commands run verbatim. Returns stdout; panics with stderr.
     pub fn script(&self, cwd: &Path, script: &str) -> String {
-        let path = format!("{}:/usr/local/bin:/usr/bin:/bin", venv().join("bin").display());
+        self.script_in(&venv(), cwd, script)
+    }
+
+    /// [`Lbd::script`] with the CLI from another venv (e.g. [`venv_barbican6`]).
+    pub fn script_in(&self, venv: &Path, cwd: &Path, script: &str) -> String {
+        let path = format!("{}:/usr/local/bin:/usr/bin:/bin", venv.join("bin").display());
         let mut cmd = Command::new("bash");
         cmd.arg("-c").arg(format!("set -euo pipefail\n{script}")).current_dir(cwd).env("PATH", path);
         for (k, v) in &self.env {

@@ -221,6 +221,17 @@ openstack loadbalancer create --name lb1 --vip-subnet-id lo-127.0.0.0 --vip-addr
         assert!(out.status.success());
         let out = as_user("bob", "p2", &["loadbalancer", "listener", "create", "--protocol", "TERMINATED_HTTPS", "--protocol-port", "9443", "--default-tls-container-ref", alice_secret.trim(), "bob-lb"]);
         assert!(String::from_utf8_lossy(&out.stderr).contains("no secret or container"), "{}", String::from_utf8_lossy(&out.stderr));
+        // A read ACL lets bob (another project) read alice's secret; project-access off hides it
+        // from the rest of p1 (rita).
+        let bob_id = String::from_utf8(lbd_cmd(&["user", "list"]).stdout).unwrap().lines().find(|l| l.contains(" bob ")).unwrap().split(' ').next().unwrap().to_string();
+        let href = alice_secret.trim();
+        assert!(!as_user("bob", "p2", &["secret", "get", href, "--payload"]).status.success());
+        assert!(as_user("rita", "p1", &["secret", "get", href, "--payload"]).status.success(), "project members read by default");
+        let out = as_user("alice", "p1", &["acl", "submit", "--user", &bob_id, "--no-project-access", href]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = as_user("bob", "p2", &["secret", "get", href, "--payload", "-f", "value"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("hello"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!as_user("rita", "p1", &["secret", "get", href, "--payload"]).status.success(), "project access withdrawn");
         let out = as_user("rita", "p1", &["loadbalancer", "list", "-f", "value", "-c", "name"]);
         assert!(String::from_utf8_lossy(&out.stdout).contains("alice-lb"), "readers read");
         let out = as_user("rita", "p1", &["loadbalancer", "create", "--name", "rita-lb", "--vip-subnet-id", "lo-127.0.0.0", "--vip-address", "127.0.0.4"]);
@@ -262,6 +273,56 @@ openstack secret get $(openstack secret list | awk '/ tls_secret1 / {print $2}')
 cmp back.p12 www.example.p12
 "#);
         assert!(lbd.os(&["loadbalancer", "show", "lb1", "-f", "value", "-c", "provisioning_status"]).contains("ACTIVE"));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_key_asymmetric_and_a_certificate_from_the_local_ca_that_a_listener_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend("ordered").await;
+    let work = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let lbd = Lbd::start(&work);
+        // barbicanclient 7.x: key and asymmetric orders.
+        let out = lbd.script(&work, r#"
+K=$(openstack secret order create key --name k1 --algorithm aes --bit-length 256 --payload-content-type application/octet-stream -f value -c 'Order href')
+openstack secret order get "$K" -f value -c Status -c 'Secret href'
+A=$(openstack secret order create asymmetric --name kp1 --algorithm rsa --bit-length 2048 -f value -c 'Order href')
+openstack secret order get "$A" -f value -c Status -c 'Container href'
+openstack secret order list -f value -c Status
+"#);
+        assert_eq!(out.matches("ACTIVE").count(), 4, "{out}");
+        assert!(out.contains("/v1/secrets/") && out.contains("/v1/containers/"), "{out}");
+        let key_len = lbd.script(&work, r#"
+S=$(openstack secret list --name k1 -f value -c 'Secret href')
+openstack secret get "$S" --file k1.bin -t application/octet-stream
+stat -c %s k1.bin
+"#);
+        assert_eq!(key_len, "32");
+
+        // barbicanclient 6.0.0: a certificate order by subject DN, issued by the local CA into a
+        // certificate container that a listener then serves.
+        let port = free_port();
+        lbd.script_in(&lb_tests::lbd::venv_barbican6(), &work, r#"
+openstack secret order create certificate --name web-cert --subject-dn "CN=orders.example,O=lb tests"
+"#);
+        lbd.script(&work, &format!(r#"
+C=$(openstack secret container list -f value -c 'Container href' -c Name | awk '/ web-cert$/ {{print $1}}')
+openstack loadbalancer create --name lb1 --vip-subnet-id lo-127.0.0.0 --vip-address 127.0.0.1 --wait
+openstack loadbalancer listener create --protocol-port {port} --protocol TERMINATED_HTTPS --name l1 --default-tls-container-ref "$C" --wait lb1
+openstack loadbalancer pool create --name p1 --lb-algorithm ROUND_ROBIN --listener l1 --protocol HTTP --wait
+openstack loadbalancer member create --address 127.0.0.1 --protocol-port {backend_port} --wait p1
+"#, backend_port = backend.port()));
+        assert!(wait_serving(port, "orders.example").contains("backend=ordered"));
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "orders.example"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("CN = orders.example") && text.contains("CN = lbd local CA"), "{text}");
     })
     .await
     .unwrap();

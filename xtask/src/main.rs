@@ -166,8 +166,11 @@ fn setup() -> anyhow::Result<()> {
 /// behaviour `shared/reference/openstack-cli-wire.md` records.
 const OPENSTACK_CLI: &[&str] = &["python-openstackclient==10.5.0", "python-octaviaclient==3.15.0", "python-barbicanclient==7.6.0"];
 
-/// Where the venv lives: `$LB_OPENSTACK_VENV`, else `~/.cache/lb/openstack-venv` (kept across
-/// clones, so CI installs it once per machine).
+/// barbicanclient 6.x still has `secret order create certificate --subject-dn` (removed in 7.0).
+const OPENSTACK_CLI_BARBICAN6: &[&str] = &["python-openstackclient==10.5.0", "python-octaviaclient==3.15.0", "python-barbicanclient==6.0.0"];
+
+/// Where the venvs live: `$LB_OPENSTACK_VENV`, else `~/.cache/lb/openstack-venv` (kept across
+/// clones, so CI installs them once per machine); the barbicanclient 6 one next to it.
 fn venv_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("LB_OPENSTACK_VENV") {
         return PathBuf::from(d);
@@ -177,15 +180,20 @@ fn venv_dir() -> PathBuf {
 }
 
 fn openstack_venv() -> anyhow::Result<()> {
-    let venv = venv_dir();
+    let main = venv_dir();
+    install_venv(&main, OPENSTACK_CLI)?;
+    install_venv(&main.with_file_name(format!("{}-barbican6", main.file_name().unwrap().to_string_lossy())), OPENSTACK_CLI_BARBICAN6)
+}
+
+fn install_venv(venv: &std::path::Path, packages: &[&str]) -> anyhow::Result<()> {
     let marker = venv.join(".lb-installed");
-    let wanted = OPENSTACK_CLI.join(" ");
+    let wanted = packages.join(" ");
     if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
         return Ok(());
     }
     eprintln!("xtask setup: installing {wanted} into {}", venv.display());
-    run(Command::new("python3").arg("-m").arg("venv").arg("--clear").arg(&venv))?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check"]).args(OPENSTACK_CLI))?;
+    run(Command::new("python3").arg("-m").arg("venv").arg("--clear").arg(venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check"]).args(packages))?;
     std::fs::write(marker, wanted)?;
     Ok(())
 }

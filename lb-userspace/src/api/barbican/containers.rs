@@ -12,7 +12,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BErr, page, refuse_if_used, users_of};
+use super::{BErr, acl, page, refuse_if_used, users_of};
 use crate::api::auth::{Auth, Principal};
 use crate::api::error::{Barbican, parse_body};
 use crate::api::{ApiState, new_id, query_pairs, timestamp};
@@ -115,8 +115,10 @@ async fn list(State(s): State<Arc<ApiState>>, Auth(p, _): A, RawQuery(q): RawQue
     let items = s.read(|tx| -> Result<Vec<Value>, BErr> {
         let all: Vec<ContainerRec> = tx.list(Kind::Container)?;
         let mut out = Vec::new();
-        for c in all.iter().filter(|c| p.sees(&c.project_id) && name.as_ref().is_none_or(|n| c.name.as_ref() == Some(n))) {
-            out.push(render(tx, c, &s.public_url)?);
+        for c in all.iter().filter(|c| name.as_ref().is_none_or(|n| c.name.as_ref() == Some(n))) {
+            if acl::may_read(tx, &p, "container", &c.id, &c.project_id, &c.creator_id)? {
+                out.push(render(tx, c, &s.public_url)?);
+            }
         }
         Ok(out)
     })?;
@@ -125,8 +127,10 @@ async fn list(State(s): State<Arc<ApiState>>, Auth(p, _): A, RawQuery(q): RawQue
 
 async fn show(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<String>) -> Result<Json<Value>, BErr> {
     s.read(|tx| -> Result<_, BErr> {
-        let c = visible(tx, &p, &id)?;
-        Ok(Json(render(tx, &c, &s.public_url)?))
+        match tx.get::<ContainerRec>(Kind::Container, &id)? {
+            Some(c) if acl::may_read(tx, &p, "container", &id, &c.project_id, &c.creator_id)? => Ok(Json(render(tx, &c, &s.public_url)?)),
+            _ => Err(BErr::not_found("Container", &id)),
+        }
     })
 }
 
@@ -136,6 +140,7 @@ async fn delete(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<St
         visible(tx, &p, &id)?;
         refuse_if_used(tx, "Container", &id)?;
         tx.delete(Kind::Container, &id)?;
+        tx.delete(Kind::Acl, &format!("container:{id}"))?;
         Ok(())
     })?;
     Ok(StatusCode::NO_CONTENT)

@@ -1,7 +1,10 @@
 //! Barbican v1: version discovery, secrets (with sealed payloads), containers, and who uses
 //! them (Octavia listeners and pools, containers) so nothing in use can be deleted.
 
+pub mod acl;
+mod ca;
 mod containers;
+mod orders;
 mod secrets;
 
 use std::sync::Arc;
@@ -29,6 +32,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/v1/", get(version))
         .merge(secrets::routes())
         .merge(containers::routes())
+        .merge(orders::routes())
+        .merge(acl::routes())
 }
 
 async fn root(State(s): State<Arc<ApiState>>) -> impl IntoResponse {

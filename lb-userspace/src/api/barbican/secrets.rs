@@ -15,13 +15,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::{BErr, page, refuse_if_used};
+use super::{BErr, acl, page, refuse_if_used};
 use crate::api::auth::{Auth, Principal};
 use crate::api::error::{Barbican, parse_body};
 use crate::api::{ApiState, new_id, query_pairs, timestamp};
 use crate::desired::tlsref;
 use crate::store::barbican::{CONTENT_TYPES, SECRET_TYPES, SecretRec};
-use crate::store::seal::Sealed;
 use crate::store::{Kind, Txn, TxnExt};
 
 type A = Auth<Barbican>;
@@ -97,8 +96,45 @@ fn decode_payload(payload: &[u8], ct: &str, encoding: Option<&str>, max: usize) 
     Ok(data)
 }
 
+/// Metadata for a new secret of `p`'s project.
+pub(super) fn new_secret(p: &Principal, name: Option<String>, secret_type: &str, content_type: Option<&str>) -> SecretRec {
+    let now = timestamp();
+    SecretRec {
+        id: new_id(),
+        project_id: p.project_id.clone(),
+        creator_id: p.user_id.clone(),
+        name,
+        secret_type: secret_type.into(),
+        algorithm: None,
+        bit_length: None,
+        mode: None,
+        expiration: None,
+        content_type: content_type.map(str::to_string),
+        created: now.clone(),
+        updated: now,
+    }
+}
+
+/// Stores `rec` and, if given, its payload sealed under the KEK.
+pub(super) fn store_secret(tx: &mut dyn Txn, kek: &crate::store::seal::Kek, rec: &SecretRec, payload: Option<&[u8]>) -> Result<(), crate::store::StoreError> {
+    tx.put(Kind::Secret, &rec.id, rec)?;
+    if let Some(data) = payload {
+        tx.put(Kind::SecretPayload, &rec.id, &kek.seal(&rec.id, data))?;
+    }
+    Ok(())
+}
+
+/// The secret, if `p` may change it (its project, or admin).
 fn visible(tx: &mut dyn Txn, p: &Principal, id: &str) -> Result<SecretRec, BErr> {
     tx.get::<SecretRec>(Kind::Secret, id)?.filter(|s| p.sees(&s.project_id)).ok_or_else(|| BErr::not_found("Secret", id))
+}
+
+/// The secret, if `p` may read it (project and ACL rules).
+fn readable(tx: &mut dyn Txn, p: &Principal, id: &str) -> Result<SecretRec, BErr> {
+    match tx.get::<SecretRec>(Kind::Secret, id)? {
+        Some(s) if acl::may_read(tx, p, "secret", id, &s.project_id, &s.creator_id)? => Ok(s),
+        _ => Err(BErr::not_found("Secret", id)),
+    }
 }
 
 async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> Result<Response, BErr> {
@@ -125,28 +161,12 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> R
             Some((ct, data))
         }
     };
-    let now = timestamp();
-    let rec = SecretRec {
-        id: new_id(),
-        project_id: p.project_id.clone(),
-        creator_id: p.user_id.clone(),
-        name: req.name,
-        secret_type,
-        algorithm: req.algorithm,
-        bit_length: req.bit_length,
-        mode: req.mode,
-        expiration: req.expiration,
-        content_type: sealed_payload.as_ref().map(|(ct, _)| ct.clone()),
-        created: now.clone(),
-        updated: now,
-    };
-    s.write(|tx| -> Result<(), BErr> {
-        tx.put(Kind::Secret, &rec.id, &rec)?;
-        if let Some((_, data)) = &sealed_payload {
-            tx.put(Kind::SecretPayload, &rec.id, &s.kek.seal(&rec.id, data))?;
-        }
-        Ok(())
-    })?;
+    let mut rec = new_secret(&p, req.name, &secret_type, sealed_payload.as_ref().map(|(ct, _)| ct.as_str()));
+    rec.algorithm = req.algorithm;
+    rec.bit_length = req.bit_length;
+    rec.mode = req.mode;
+    rec.expiration = req.expiration;
+    s.write(|tx| -> Result<(), BErr> { Ok(store_secret(tx, &s.kek, &rec, sealed_payload.as_ref().map(|(_, d)| d.as_slice()))?) })?;
     tracing::info!(secret = %rec.id, project = %rec.project_id, "secret stored");
     let href = format!("{}/v1/secrets/{}", s.public_url, rec.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, href.clone())], Json(json!({"secret_ref": href}))).into_response())
@@ -155,12 +175,15 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> R
 async fn list(State(s): State<Arc<ApiState>>, Auth(p, _): A, RawQuery(q): RawQuery) -> Result<Json<Value>, BErr> {
     let query = query_pairs(q.as_deref());
     let name = query.iter().find(|(k, _)| k == "name").map(|(_, v)| v.clone());
-    let secrets: Vec<SecretRec> = s.read(|tx| tx.list(Kind::Secret))?;
-    let items = secrets
-        .iter()
-        .filter(|x| p.sees(&x.project_id) && name.as_ref().is_none_or(|n| x.name.as_ref() == Some(n)))
-        .map(|x| render(x, &s.public_url))
-        .collect();
+    let items = s.read(|tx| -> Result<Vec<Value>, BErr> {
+        let mut out = Vec::new();
+        for x in tx.list::<SecretRec>(Kind::Secret)? {
+            if name.as_ref().is_none_or(|n| x.name.as_ref() == Some(n)) && acl::may_read(tx, &p, "secret", &x.id, &x.project_id, &x.creator_id)? {
+                out.push(render(&x, &s.public_url));
+            }
+        }
+        Ok(out)
+    })?;
     Ok(Json(page(items, &query, "secrets", &format!("{}/v1/secrets", s.public_url))?))
 }
 
@@ -171,13 +194,13 @@ async fn show(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<Stri
             return payload(State(s), Auth(p, Default::default()), Path(id), headers).await;
         }
     }
-    let rec = s.read(|tx| visible(tx, &p, &id))?;
+    let rec = s.read(|tx| readable(tx, &p, &id))?;
     Ok(Json(render(&rec, &s.public_url)).into_response())
 }
 
 async fn payload(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, BErr> {
     let (rec, data) = s.read(|tx| -> Result<_, BErr> {
-        let rec = visible(tx, &p, &id)?;
+        let rec = readable(tx, &p, &id)?;
         let data = tlsref::payload(tx, &s.kek, "payload", &id).map_err(|e| match e {
             tlsref::RefError::NoPayload { .. } => BErr::not_found("Payload of secret", &id),
             other => BErr::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
@@ -230,10 +253,7 @@ async fn put_payload(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Pa
         }
         rec.content_type = Some(ct.clone());
         rec.updated = timestamp();
-        tx.put(Kind::Secret, &id, &rec)?;
-        let sealed: Sealed = s.kek.seal(&id, &data);
-        tx.put(Kind::SecretPayload, &id, &sealed)?;
-        Ok(())
+        Ok(store_secret(tx, &s.kek, &rec, Some(&data))?)
     })?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -245,6 +265,7 @@ async fn delete(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<St
         refuse_if_used(tx, "Secret", &id)?;
         tx.delete(Kind::Secret, &id)?;
         tx.delete(Kind::SecretPayload, &id)?;
+        tx.delete(Kind::Acl, &format!("secret:{id}"))?;
         Ok(())
     })?;
     tracing::info!(secret = %id, "secret deleted");
