@@ -102,6 +102,13 @@ impl Controller {
             let id = h["id"].as_str().unwrap_or("").to_string();
             set_status(&mut *tx, Kind::HealthMonitor, &id, &mut h, ACTIVE, "ONLINE")?;
         }
+        // L7 policies and rules are stored but not enforced yet: OFFLINE says so.
+        for kind in [Kind::L7Policy, Kind::L7Rule] {
+            for mut x in tx.list_raw(kind)? {
+                let id = x["id"].as_str().unwrap_or("").to_string();
+                set_status(&mut *tx, kind, &id, &mut x, ACTIVE, "OFFLINE")?;
+            }
+        }
         for mut lb in tx.list_raw(Kind::LoadBalancer)? {
             let id = lb["id"].as_str().unwrap_or("").to_string();
             let op = match (lbs_up.get(&id).copied().unwrap_or(true), degraded.contains(&id)) {

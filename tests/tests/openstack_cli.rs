@@ -119,6 +119,15 @@ openstack secret get "$REF" --file roundtrip.p12 -t application/octet-stream
 cmp roundtrip.p12 www.example.p12
 "#);
 
+        // L7 policies and rules are stored and listed (not enforced yet: operating_status OFFLINE).
+        let l7 = lbd.script(&work, r#"
+openstack loadbalancer l7policy create --action REDIRECT_TO_URL --redirect-url https://example.com/ --name policy1 --wait listener1
+openstack loadbalancer l7rule create --compare-type STARTS_WITH --type PATH --value /old --wait policy1
+openstack loadbalancer l7policy show policy1 -f value -c action -c operating_status
+openstack loadbalancer l7rule list policy1 -f value -c type -c compare_type -c value
+"#);
+        assert!(l7.contains("REDIRECT_TO_URL") && l7.contains("OFFLINE") && l7.contains("STARTS_WITH PATH /old"), "{l7}");
+
         // Deleting what is in use is refused; cascade delete removes everything and stops serving.
         let err = lbd.os_fails(&["secret", "delete", &lbd.script(&work, "openstack secret list | awk '/ tls_secret3 / {print $2}'")]);
         assert!(err.contains("in use") || err.contains("consumer"), "{err}");
@@ -149,6 +158,9 @@ async fn bad_input_is_refused_precisely_and_projects_are_isolated() {
         assert!(err.contains("not valid base64"), "{err}");
         let err = lbd.os_fails(&["secret", "store", "--name", "bad", "-t", "application/x-unknown", "--payload", "x"]);
         assert!(err.contains("not supported"), "{err}");
+        let big = "A".repeat(70 * 1024);
+        let err = lbd.os_fails(&["secret", "store", "--name", "big", "-t", "text/plain", "--payload", &big]);
+        assert!(err.contains("exceeds the limit of 65536 bytes") && err.contains("Payload Too Large"), "{err}");
         assert!(lbd.os(&["secret", "list", "-f", "value"]).is_empty(), "nothing stored by refused requests");
 
         // A certificate container whose key is not the certificate's; an expired certificate;

@@ -51,11 +51,68 @@ impl ApiState {
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
+        .route("/openapi.json", axum::routing::get(openapi))
         .merge(keystone::routes())
         .merge(barbican::routes())
         .merge(octavia::routes())
         .merge(neutron::routes())
         .with_state(state)
+}
+
+/// `GET /openapi.json`: the routes lbd serves (OpenAPI 3.0 outline; request and response bodies
+/// follow the Octavia v2.0, Barbican v1 and Keystone v3 references).
+async fn openapi() -> axum::Json<serde_json::Value> {
+    const ROUTES: &[(&str, &str, &[&str])] = &[
+        ("Keystone", "/v3", &["get"]),
+        ("Keystone", "/v3/auth/tokens", &["get", "post"]),
+        ("Barbican", "/", &["get"]),
+        ("Barbican", "/v1/", &["get"]),
+        ("Barbican", "/v1/secrets", &["get", "post"]),
+        ("Barbican", "/v1/secrets/{id}", &["get", "put", "delete"]),
+        ("Barbican", "/v1/secrets/{id}/payload", &["get"]),
+        ("Barbican", "/v1/secrets/{id}/acl", &["get", "put", "patch", "delete"]),
+        ("Barbican", "/v1/containers", &["get", "post"]),
+        ("Barbican", "/v1/containers/{id}", &["get", "delete"]),
+        ("Barbican", "/v1/containers/{id}/acl", &["get", "put", "patch", "delete"]),
+        ("Barbican", "/v1/orders", &["get", "post"]),
+        ("Barbican", "/v1/orders/{id}", &["get", "delete"]),
+        ("Octavia", "/v2.0/lbaas/loadbalancers", &["get", "post"]),
+        ("Octavia", "/v2.0/lbaas/loadbalancers/{id}", &["get", "put", "delete"]),
+        ("Octavia", "/v2.0/lbaas/loadbalancers/{id}/stats", &["get"]),
+        ("Octavia", "/v2.0/lbaas/loadbalancers/{id}/status", &["get"]),
+        ("Octavia", "/v2.0/lbaas/listeners", &["get", "post"]),
+        ("Octavia", "/v2.0/lbaas/listeners/{id}", &["get", "put", "delete"]),
+        ("Octavia", "/v2.0/lbaas/listeners/{id}/stats", &["get"]),
+        ("Octavia", "/v2.0/lbaas/pools", &["get", "post"]),
+        ("Octavia", "/v2.0/lbaas/pools/{id}", &["get", "put", "delete"]),
+        ("Octavia", "/v2.0/lbaas/pools/{pool_id}/members", &["get", "post"]),
+        ("Octavia", "/v2.0/lbaas/pools/{pool_id}/members/{id}", &["get", "put", "delete"]),
+        ("Octavia", "/v2.0/lbaas/healthmonitors", &["get", "post"]),
+        ("Octavia", "/v2.0/lbaas/healthmonitors/{id}", &["get", "put", "delete"]),
+        ("Octavia", "/v2.0/lbaas/l7policies", &["get", "post"]),
+        ("Octavia", "/v2.0/lbaas/l7policies/{id}", &["get", "put", "delete"]),
+        ("Octavia", "/v2.0/lbaas/l7policies/{id}/rules", &["get", "post"]),
+        ("Octavia", "/v2.0/lbaas/l7policies/{id}/rules/{rule_id}", &["get", "put", "delete"]),
+        ("Neutron", "/v2.0/subnets", &["get"]),
+        ("Neutron", "/v2.0/subnets/{id}", &["get"]),
+        ("Neutron", "/v2.0/networks", &["get"]),
+        ("lbd", "/metrics", &["get"]),
+        ("lbd", "/healthz", &["get"]),
+    ];
+    let mut paths = serde_json::Map::new();
+    for (tag, path, methods) in ROUTES {
+        let ops: serde_json::Map<String, serde_json::Value> = methods
+            .iter()
+            .map(|m| (m.to_string(), serde_json::json!({"tags": [tag], "responses": {"default": {"description": format!("{tag} wire format")}}})))
+            .collect();
+        paths.insert(path.to_string(), serde_json::Value::Object(ops));
+    }
+    axum::Json(serde_json::json!({
+        "openapi": "3.0.3",
+        "info": {"title": "lbd control API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Octavia v2.0, Barbican v1, Keystone v3 (token subset) and a Neutron subnet lookup; authenticate with X-Auth-Token from POST /v3/auth/tokens"},
+        "paths": paths,
+    }))
 }
 
 /// A new object id.

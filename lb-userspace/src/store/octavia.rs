@@ -175,3 +175,37 @@ pub struct HealthMonitorRec {
     #[serde(default)]
     pub domain_name: Option<String>,
 }
+
+/// An L7 policy. Stored and served by the API; not yet enforced by the data plane (its
+/// operating_status stays OFFLINE to say so).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct L7PolicyRec {
+    #[serde(flatten)]
+    pub common: Common,
+    pub listener_id: String,
+    pub action: String,
+    pub position: u32,
+    #[serde(default)]
+    pub redirect_pool_id: Option<String>,
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    #[serde(default)]
+    pub redirect_prefix: Option<String>,
+    #[serde(default)]
+    pub redirect_http_code: Option<u16>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct L7RuleRec {
+    #[serde(flatten)]
+    pub common: Common,
+    pub l7policy_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub compare_type: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    pub value: String,
+    #[serde(default)]
+    pub invert: bool,
+}

@@ -275,6 +275,10 @@ async fn delete(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<St
     s.write(|tx| -> Result<(), OErr> {
         let l = listener_of(tx, &p, &id)?;
         lock_lb(tx, &p, &l.loadbalancer_id)?;
+        let policies: Vec<String> = World::load(tx)?.l7policies.iter().filter(|x| x.listener_id == id).map(|x| x.common.id.clone()).collect();
+        for x in policies {
+            super::l7::delete_policy(tx, &x)?;
+        }
         tx.delete(Kind::Listener, &id)?;
         Ok(())
     })?;

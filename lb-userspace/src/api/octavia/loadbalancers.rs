@@ -163,6 +163,9 @@ async fn delete(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<St
             tx.delete(Kind::Pool, pool)?;
         }
         for l in &listeners {
+            for x in w.l7policies.iter().filter(|x| x.listener_id == *l) {
+                super::l7::delete_policy(tx, &x.common.id)?;
+            }
             tx.delete(Kind::Listener, l)?;
         }
         tx.delete(Kind::LoadBalancer, &id)?;

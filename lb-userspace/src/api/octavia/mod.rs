@@ -7,6 +7,7 @@
 //! still pending refuses further writes with 409, as Octavia does.
 
 mod input;
+mod l7;
 mod listeners;
 mod loadbalancers;
 mod members;
@@ -31,7 +32,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .merge(loadbalancers::routes())
         .merge(listeners::routes())
         .merge(pools::routes())
-        .merge(members::routes());
+        .merge(members::routes())
+        .merge(l7::routes());
     Router::new().nest("/v2.0/lbaas", api.clone()).nest("/v2/lbaas", api)
 }
 

@@ -158,6 +158,9 @@ pub fn create_nested_lb_children(tx: &mut dyn Txn, s: &ApiState, p: &Principal, 
         let Value::Object(mut obj) = lv else { return Err(OErr::bad_request("listeners: expected a list of objects")) };
         let nested_pool = obj.remove("default_pool");
         let li = Input::from_value(Value::Object(obj), "listeners", &super::listeners::fields())?;
+        if !li.objects("l7policies")?.is_empty() {
+            return Err(OErr::bad_request("listeners.l7policies: create L7 policies with POST /v2.0/lbaas/l7policies after the load balancer"));
+        }
         let mut l = super::listeners::build(tx, s, p, &li, lb)?;
         tx.put(Kind::Listener, &l.common.id, &l)?;
         match nested_pool {

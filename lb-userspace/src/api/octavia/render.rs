@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::store::octavia::{HealthMonitorRec, ListenerRec, LoadBalancerRec, MemberRec, PoolRec};
+use crate::store::octavia::{HealthMonitorRec, L7PolicyRec, L7RuleRec, ListenerRec, LoadBalancerRec, MemberRec, PoolRec};
 use crate::store::{Kind, StoreError, Txn, TxnExt};
 
 /// Every Octavia object, loaded once per request.
@@ -14,6 +14,8 @@ pub struct World {
     pub pools: Vec<PoolRec>,
     pub members: Vec<MemberRec>,
     pub monitors: Vec<HealthMonitorRec>,
+    pub l7policies: Vec<L7PolicyRec>,
+    pub l7rules: Vec<L7RuleRec>,
 }
 
 impl World {
@@ -24,6 +26,8 @@ impl World {
             pools: tx.list(Kind::Pool)?,
             members: tx.list(Kind::Member)?,
             monitors: tx.list(Kind::HealthMonitor)?,
+            l7policies: tx.list(Kind::L7Policy)?,
+            l7rules: tx.list(Kind::L7Rule)?,
         })
     }
 
@@ -52,11 +56,20 @@ pub fn loadbalancer(w: &World, lb: &LoadBalancerRec) -> Value {
 }
 
 pub fn listener(w: &World, l: &ListenerRec) -> Value {
-    let _ = w;
     let mut v = base(l, &l.common.project_id);
     v["loadbalancers"] = json!([{"id": l.loadbalancer_id}]);
-    v["l7policies"] = json!([]);
+    v["l7policies"] = ids(w.l7policies.iter().filter(|x| x.listener_id == l.common.id).map(|x| x.common.id.as_str()));
     v
+}
+
+pub fn l7policy(w: &World, x: &L7PolicyRec) -> Value {
+    let mut v = base(x, &x.common.project_id);
+    v["rules"] = ids(w.l7rules.iter().filter(|r| r.l7policy_id == x.common.id).map(|r| r.common.id.as_str()));
+    v
+}
+
+pub fn l7rule(r: &L7RuleRec) -> Value {
+    base(r, &r.common.project_id)
 }
 
 pub fn pool(w: &World, p: &PoolRec) -> Value {
