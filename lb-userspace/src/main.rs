@@ -90,7 +90,7 @@ const ENDPOINT_FILE: &str = "endpoint";
 
 /// Opens (creating on first use, mode 0700) the state directory's store.
 fn open_store(dir: &Path) -> anyhow::Result<Arc<SqliteStore>> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -98,7 +98,12 @@ fn open_store(dir: &Path) -> anyhow::Result<Arc<SqliteStore>> {
     if mode & 0o077 != 0 {
         tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "state directory is readable by others; secrets are encrypted but the key-encryption key is in it");
     }
-    Ok(Arc::new(SqliteStore::open(&dir.join("state.db")).with_context(|| format!("cannot open {}", dir.join("state.db").display()))?))
+    let db = dir.join("state.db");
+    if !db.exists() {
+        // SQLite gives its -wal and -shm files the database file's mode.
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&db)?;
+    }
+    Ok(Arc::new(SqliteStore::open(&db).with_context(|| format!("cannot open {}", dir.join("state.db").display()))?))
 }
 
 /// The admin password: `LBD_ADMIN_PASSWORD`, else the one generated at first start.

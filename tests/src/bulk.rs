@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Frame;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -109,51 +107,34 @@ type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 /// /verify?seed=S` reads the body and answers its verdict (`ok N`, or 422 `mismatch at ...`);
 /// anything else answers `hello`.
 pub async fn http_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let seed = query(req.uri(), "seed").unwrap_or(0);
-                    let resp: hyper::Response<Body> = match req.uri().path() {
-                        "/bytes" => {
-                            let n = query(req.uri(), "n").unwrap_or(0);
-                            let mut r = hyper::Response::new(BodyExt::boxed(PatternBody { seed, sent: 0, n }));
-                            r.headers_mut().insert(hyper::header::CONTENT_LENGTH, n.into());
-                            r
-                        }
-                        "/verify" => {
-                            let mut body = req.into_body();
-                            let mut v = Verifier::new(seed);
-                            while let Some(frame) = body.frame().await {
-                                match frame {
-                                    Ok(f) => {
-                                        if let Some(d) = f.data_ref() {
-                                            v.update(d)
-                                        }
-                                    }
-                                    Err(e) => return Err(std::io::Error::other(e)),
-                                }
-                            }
-                            let mut r = hyper::Response::new(full(v.verdict()));
-                            if v.first_mismatch.is_some() {
-                                *r.status_mut() = hyper::StatusCode::UNPROCESSABLE_ENTITY;
-                            }
-                            r
-                        }
-                        _ => hyper::Response::new(full("hello".into())),
-                    };
-                    Ok::<_, std::io::Error>(resp)
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    crate::serve_http(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let seed = query(req.uri(), "seed").unwrap_or(0);
+        let resp: hyper::Response<Body> = match req.uri().path() {
+            "/bytes" => {
+                let n = query(req.uri(), "n").unwrap_or(0);
+                let mut r = hyper::Response::new(BodyExt::boxed(PatternBody { seed, sent: 0, n }));
+                r.headers_mut().insert(hyper::header::CONTENT_LENGTH, n.into());
+                r
+            }
+            "/verify" => {
+                let mut body = req.into_body();
+                let mut v = Verifier::new(seed);
+                while let Some(frame) = body.frame().await {
+                    if let Some(d) = frame.map_err(std::io::Error::other)?.data_ref() {
+                        v.update(d)
+                    }
+                }
+                let mut r = hyper::Response::new(full(v.verdict()));
+                if v.first_mismatch.is_some() {
+                    *r.status_mut() = hyper::StatusCode::UNPROCESSABLE_ENTITY;
+                }
+                r
+            }
+            _ => hyper::Response::new(full("hello".into())),
+        };
+        Ok(resp)
+    })
+    .await
 }
 
 fn full(s: String) -> Body {

@@ -44,29 +44,42 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// An HTTP/1.1 backend that answers every request with the request's headers, one per line,
-/// prefixed by `name`.
-pub async fn echo_backend(name: &'static str) -> SocketAddr {
+/// Serves HTTP/1.1 and h2 on a free loopback port with `handler`, one task per connection.
+pub async fn serve_http<F, Fut, B>(handler: F) -> SocketAddr
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<hyper::Response<B>, std::io::Error>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { return };
+            let handler = handler.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
-                    let mut body = format!("backend={name}\npath={}\n", req.uri());
-                    for (k, v) in req.headers() {
-                        body.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
-                    }
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
-                });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
+                    .serve_connection(TokioIo::new(tcp), service_fn(handler))
                     .await;
             });
         }
     });
     addr
+}
+
+/// An HTTP backend that answers every request with the request's headers, one per line,
+/// prefixed by `name`.
+pub async fn echo_backend(name: &'static str) -> SocketAddr {
+    serve_http(move |req: hyper::Request<hyper::body::Incoming>| async move {
+        let mut body = format!("backend={name}\npath={}\n", req.uri());
+        for (k, v) in req.headers() {
+            body.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+        }
+        Ok(hyper::Response::new(Full::new(Bytes::from(body))))
+    })
+    .await
 }
 
 pub mod bulk;

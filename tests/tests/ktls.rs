@@ -438,11 +438,14 @@ async fn rotating_the_certificate_keeps_open_connections_working() {
         v.update(&data);
         v.verdict()
     };
+    sender.ready().await.unwrap();
     assert_eq!(body(sender.send_request(get(50_000)).await.unwrap()).await, "ok 50000");
 
     assert_eq!(daemon.apply(&apply("new.example")).await.listeners["l1"], Ok(()));
     // The open, offloaded connection keeps working across the rotation ...
     for _ in 0..3 {
+        // The previous response is read; wait for the connection to be idle again.
+        sender.ready().await.unwrap();
         assert_eq!(body(sender.send_request(get(50_000)).await.unwrap()).await, "ok 50000");
     }
     // ... and the next handshake gets the new certificate.

@@ -48,6 +48,18 @@ fn write_pkcs12(dir: &Path, name: &str) {
     std::fs::write(dir.join(format!("{name}.p12")), der).unwrap();
 }
 
+/// The Octavia cookbook's TLS-terminated HTTPS load balancer, verbatim: a PKCS12 secret, a load
+/// balancer, a TERMINATED_HTTPS listener on `port`, a pool and one member on `backend_port`.
+fn howto(lbd: &Lbd, work: &Path, port: u16, backend_port: u16) {
+    lbd.script(work, &format!(r#"
+openstack secret store --name='tls_secret1' -t 'application/octet-stream' -e 'base64' --payload="$(base64 < www.example.p12)"
+openstack loadbalancer create --name lb1 --vip-subnet-id lo-127.0.0.0 --vip-address 127.0.0.1 --wait
+openstack loadbalancer listener create --protocol-port {port} --protocol TERMINATED_HTTPS --name listener1 --default-tls-container=$(openstack secret list | awk '/ tls_secret1 / {{print $2}}') --wait lb1
+openstack loadbalancer pool create --name pool1 --lb-algorithm ROUND_ROBIN --listener listener1 --protocol HTTP --wait
+openstack loadbalancer member create --address 127.0.0.1 --protocol-port {backend_port} --wait pool1
+"#));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn howto_terminated_https_with_pkcs12_containers_sni_rotation_and_cascade_delete() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,14 +70,8 @@ async fn howto_terminated_https_with_pkcs12_containers_sni_rotation_and_cascade_
         let port = free_port();
         write_pkcs12(&work, "www.example");
         // Octavia cookbook: TLS-terminated HTTPS load balancer with a PKCS12 secret.
-        lbd.script(&work, &format!(r#"
-openstack secret store --name='tls_secret1' -t 'application/octet-stream' -e 'base64' --payload="$(base64 < www.example.p12)"
-openstack loadbalancer create --name lb1 --vip-subnet-id lo-127.0.0.0 --vip-address 127.0.0.1 --wait
-openstack loadbalancer listener create --protocol-port {port} --protocol TERMINATED_HTTPS --name listener1 --default-tls-container=$(openstack secret list | awk '/ tls_secret1 / {{print $2}}') --wait lb1
-openstack loadbalancer pool create --name pool1 --lb-algorithm ROUND_ROBIN --listener listener1 --protocol HTTP --wait
-openstack loadbalancer member create --address 127.0.0.1 --protocol-port {backend_port} --wait pool1
-openstack loadbalancer healthmonitor create --delay 5 --max-retries 4 --timeout 10 --type HTTP --url-path / --wait pool1
-"#, backend_port = backend.port()));
+        howto(&lbd, &work, port, backend.port());
+        lbd.script(&work, "openstack loadbalancer healthmonitor create --delay 5 --max-retries 4 --timeout 10 --type HTTP --url-path / --wait pool1");
         let body = wait_serving(port, "www.example");
         assert!(body.contains("x-forwarded-proto: https") || body.contains("backend=one"), "{body}");
         assert!(served(port, "www.example").0.contains("CN = www.example"));
@@ -264,13 +270,7 @@ async fn state_survives_kill_9_and_traffic_resumes() {
         let mut lbd = Lbd::start(&work);
         let port = free_port();
         write_pkcs12(&work, "www.example");
-        lbd.script(&work, &format!(r#"
-openstack secret store --name='tls_secret1' -t 'application/octet-stream' -e 'base64' --payload="$(base64 < www.example.p12)"
-openstack loadbalancer create --name lb1 --vip-subnet-id lo-127.0.0.0 --vip-address 127.0.0.1 --wait
-openstack loadbalancer listener create --protocol-port {port} --protocol TERMINATED_HTTPS --name listener1 --default-tls-container=$(openstack secret list | awk '/ tls_secret1 / {{print $2}}') --wait lb1
-openstack loadbalancer pool create --name pool1 --lb-algorithm ROUND_ROBIN --listener listener1 --protocol HTTP --wait
-openstack loadbalancer member create --address 127.0.0.1 --protocol-port {backend_port} --wait pool1
-"#, backend_port = backend.port()));
+        howto(&lbd, &work, port, backend.port());
         wait_serving(port, "www.example");
         let before = lbd.os(&["loadbalancer", "listener", "show", "listener1", "-f", "json"]);
 
