@@ -3,11 +3,14 @@
 //! - [`xdp`]: `#[repr(C)]` map keys and values; `no_std`, used by `lb-ebpf`.
 //! - [`model`]: the desired-state snapshot the control plane produces and the reconciler applies.
 //! - [`balance`]: member-selection algorithms shared by every data path.
+//! - [`maglev`]: the weighted Maglev table the XDP path looks new flows up in.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod xdp;
 
 #[cfg(feature = "std")]
 pub mod balance;
+#[cfg(feature = "std")]
+pub mod maglev;
 #[cfg(feature = "std")]
 pub mod model;
