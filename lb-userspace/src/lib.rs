@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod daemon;
 pub mod reconcile;
+pub mod xdp;

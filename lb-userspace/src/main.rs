@@ -44,6 +44,13 @@ enum Command {
         /// them (aes-128-gcm, aes-256-gcm, chacha20-poly1305); repeatable.
         #[arg(long = "ktls-userspace-cipher", value_parser = parse_cipher)]
         ktls_userspace_ciphers: Vec<KernelCipher>,
+        /// Attach lb's XDP program to this interface (native mode, else generic); repeatable.
+        /// Detached when lbd exits.
+        #[arg(long = "xdp-interface", env = "LBD_XDP_INTERFACE")]
+        xdp_interfaces: Vec<String>,
+        /// The XDP object built by `cargo xtask build-ebpf`.
+        #[arg(long, env = "LBD_XDP_OBJECT", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf/target/bpfel-unknown-none/release/lb-xdp"))]
+        xdp_object: PathBuf,
     },
     /// Print `export OS_...` lines for the stock openstack CLI (admin credentials).
     Openrc,
@@ -128,11 +135,17 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let dir = cli.state_dir;
     match cli.command {
-        Command::Serve { api_listen, public_url, max_secret_bytes, ktls, ktls_userspace_ciphers } => {
+        Command::Serve { api_listen, public_url, max_secret_bytes, ktls, ktls_userspace_ciphers, xdp_interfaces, xdp_object } => {
             let public_url = public_url.unwrap_or_else(|| format!("http://{api_listen}")).trim_end_matches('/').to_string();
             let mut policy = ktls.policy();
             policy.userspace_ciphers = ktls_userspace_ciphers;
-            serve(&dir, api_listen, public_url, max_secret_bytes, Daemon::start_with(policy)).await
+            let daemon = Daemon::start_with(policy);
+            // The XDP tasks own the attachments: they detach when the runtime drops them at exit.
+            for interface in &xdp_interfaces {
+                let attachment = lb_userspace::xdp::attach(&xdp_object, interface)?;
+                attachment.spawn_metrics(daemon.metrics.clone());
+            }
+            serve(&dir, api_listen, public_url, max_secret_bytes, daemon).await
         }
         Command::Openrc => {
             let url = std::fs::read_to_string(dir.join(ENDPOINT_FILE)).unwrap_or_else(|_| "http://127.0.0.1:9876".into());

@@ -9,6 +9,17 @@ use prometheus_client::registry::Registry;
 use crate::tls::accept::OffloadPolicy;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InterfaceLabels {
+    pub interface: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdpAttachLabels {
+    pub interface: String,
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -68,6 +79,10 @@ pub struct Metrics {
     pub bytes: Family<BytesLabels, Counter>,
     pub http_responses: Family<RequestLabels, Counter>,
     pub request_errors: Family<ListenerLabels, Counter>,
+    pub xdp_attached: Family<XdpAttachLabels, Gauge>,
+    pub xdp_packets: Family<InterfaceLabels, Counter>,
+    pub xdp_bytes: Family<InterfaceLabels, Counter>,
+    pub xdp_passed: Family<InterfaceLabels, Counter>,
     pub member_errors: Family<MemberLabels, Counter>,
 }
 
@@ -86,6 +101,10 @@ impl Metrics {
             bytes: Family::default(),
             http_responses: Family::default(),
             request_errors: Family::default(),
+            xdp_attached: Family::default(),
+            xdp_packets: Family::default(),
+            xdp_bytes: Family::default(),
+            xdp_passed: Family::default(),
             member_errors: Family::default(),
             registry: Registry::default(),
         };
@@ -106,6 +125,10 @@ impl Metrics {
         registry.register("ktls_closed", "Offloaded connections ended by a control record, by reason", m.ktls_closed.clone());
         registry.register("bytes", "Client-side bytes by direction (in: from clients)", m.bytes.clone());
         registry.register("http_responses", "HTTP responses sent to clients by status code", m.http_responses.clone());
+        registry.register("xdp_attached", "1 per interface lbd's XDP program is attached to, with the mode", m.xdp_attached.clone());
+        registry.register("xdp_packets", "Packets seen by the XDP program", m.xdp_packets.clone());
+        registry.register("xdp_bytes", "Bytes seen by the XDP program", m.xdp_bytes.clone());
+        registry.register("xdp_passed", "Packets the XDP program passed to the kernel stack", m.xdp_passed.clone());
         registry.register("request_errors", "Requests answered with a 5xx by lbd or the member, per listener", m.request_errors.clone());
         registry.register("member_errors", "Failures talking to members, by reason", m.member_errors.clone());
         let (available, reason) = match &caps.ulp {

@@ -36,6 +36,9 @@ pub fn venv_barbican6() -> PathBuf {
 pub struct Lbd {
     pub dir: PathBuf,
     pub port: u16,
+    /// Address the API listens on.
+    pub ip: std::net::IpAddr,
+    extra: Vec<String>,
     child: Option<Child>,
     pub env: Vec<(String, String)>,
 }
@@ -43,7 +46,12 @@ pub struct Lbd {
 impl Lbd {
     /// Starts lbd on a free port with state in `dir` and waits until it answers.
     pub fn start(dir: &Path) -> Lbd {
-        let mut l = Lbd { dir: dir.to_path_buf(), port: crate::free_port(), child: None, env: vec![] };
+        Self::start_with(dir, "127.0.0.1".parse().unwrap(), &[])
+    }
+
+    /// Starts lbd with its API on `ip` and `extra` arguments to `lbd serve`.
+    pub fn start_with(dir: &Path, ip: std::net::IpAddr, extra: &[&str]) -> Lbd {
+        let mut l = Lbd { dir: dir.to_path_buf(), port: crate::free_port(), ip, extra: extra.iter().map(|s| s.to_string()).collect(), child: None, env: vec![] };
         l.spawn();
         l
     }
@@ -51,7 +59,8 @@ impl Lbd {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("lbd.log")).unwrap();
         let child = Command::new(lbd_binary())
-            .args(["serve", "--api-listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["serve", "--api-listen", &std::net::SocketAddr::new(self.ip, self.port).to_string()])
+            .args(&self.extra)
             .env("LBD_STATE_DIR", self.dir.join("state"))
             .env("LBD_LOG", "info,lb_userspace=debug")
             .stdout(Stdio::null())
@@ -60,7 +69,7 @@ impl Lbd {
             .unwrap();
         self.child = Some(child);
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect((self.ip, self.port)).is_err() {
             assert!(started.elapsed() < Duration::from_secs(30), "lbd did not start: {}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -74,7 +83,7 @@ impl Lbd {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", std::net::SocketAddr::new(self.ip, self.port))
     }
 
     pub fn log(&self) -> String {
@@ -83,10 +92,23 @@ impl Lbd {
 
     /// `kill -9`, then start again on the same port and state.
     pub fn crash_and_restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
-        self.spawn();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited with status 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return false };
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().map(|s| s.success()).unwrap_or(false)
     }
 
     /// Runs `openstack ARGS` as the admin; returns the output whatever the status.
@@ -155,10 +177,6 @@ impl Lbd {
 
 impl Drop for Lbd {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }

@@ -53,7 +53,7 @@ enum Cmd {
 /// Test binaries that need a kernel with kTLS (and, later, native XDP): `(package, test target)`.
 /// On the host their kernel-dependent tests are `#[ignore]`d with the reason; the guest runs them
 /// with `--include-ignored`.
-const VM_SUITES: &[(&str, &str)] = &[("lb-tests", "ktls")];
+const VM_SUITES: &[(&str, &str)] = &[("lb-tests", "ktls"), ("lb-tests", "xdp")];
 
 const APT_PACKAGES: &[&str] = &[
     "curl", "openssl", "nghttp2-client", "haproxy", "nginx", "wrk", "iproute2", "qemu-system-x86", "busybox-static", "xz-utils", "python3-venv",
