@@ -95,12 +95,77 @@ impl Default for Timeouts {
     }
 }
 
-/// Which `X-Forwarded-*` headers to add to requests sent to HTTP members (`insert_headers`).
+/// Which headers to add to requests sent to HTTP members (`insert_headers`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InsertHeaders {
     pub forwarded_for: bool,
     pub forwarded_port: bool,
     pub forwarded_proto: bool,
+    /// The `X-SSL-*` client-certificate headers (TERMINATED_HTTPS only).
+    pub ssl: SslHeaders,
+}
+
+/// Octavia's client-certificate headers, each on or off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslHeaders {
+    pub client_verify: bool,
+    pub client_has_cert: bool,
+    pub client_dn: bool,
+    pub client_cn: bool,
+    pub issuer: bool,
+    pub client_sha1: bool,
+    pub client_not_before: bool,
+    pub client_not_after: bool,
+}
+
+impl SslHeaders {
+    /// Octavia's header names, in the order of the fields.
+    pub const NAMES: [&'static str; 8] = [
+        "X-SSL-Client-Verify",
+        "X-SSL-Client-Has-Cert",
+        "X-SSL-Client-DN",
+        "X-SSL-Client-CN",
+        "X-SSL-Issuer",
+        "X-SSL-Client-SHA1",
+        "X-SSL-Client-Not-Before",
+        "X-SSL-Client-Not-After",
+    ];
+
+    /// Each header name with whether it is on.
+    pub fn named(&self) -> [(&'static str, bool); 8] {
+        let on = [
+            self.client_verify,
+            self.client_has_cert,
+            self.client_dn,
+            self.client_cn,
+            self.issuer,
+            self.client_sha1,
+            self.client_not_before,
+            self.client_not_after,
+        ];
+        std::array::from_fn(|i| (Self::NAMES[i], on[i]))
+    }
+
+    /// Sets the header called `name` (Octavia spelling); false when there is no such header.
+    pub fn set(&mut self, name: &str, on: bool) -> bool {
+        let slot = match name {
+            "X-SSL-Client-Verify" => &mut self.client_verify,
+            "X-SSL-Client-Has-Cert" => &mut self.client_has_cert,
+            "X-SSL-Client-DN" => &mut self.client_dn,
+            "X-SSL-Client-CN" => &mut self.client_cn,
+            "X-SSL-Issuer" => &mut self.issuer,
+            "X-SSL-Client-SHA1" => &mut self.client_sha1,
+            "X-SSL-Client-Not-Before" => &mut self.client_not_before,
+            "X-SSL-Client-Not-After" => &mut self.client_not_after,
+            _ => return false,
+        };
+        *slot = on;
+        true
+    }
+
+    pub fn any(&self) -> bool {
+        self.named().iter().any(|(_, on)| *on)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -131,6 +196,27 @@ pub struct ListenerTls {
     pub tls_ciphers: Vec<String>,
     /// ALPN protocols offered, in preference order; empty means `h2`, `http/1.1`.
     pub alpn_protocols: Vec<String>,
+    /// Client certificate authentication; `None` is Octavia's `NONE`.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Octavia `client_authentication` other than `NONE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// A certificate is verified when presented; clients without one are served too.
+    Optional,
+    /// Clients without a valid certificate are refused in the handshake.
+    Mandatory,
+}
+
+/// Which client certificates a listener accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub mode: ClientAuthMode,
+    /// Trust anchors (DER), from `client_ca_tls_container_ref`.
+    pub ca_certificates: Vec<Vec<u8>>,
+    /// Certificate revocation lists (DER), from `client_crl_container_ref`.
+    pub crls: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -140,6 +226,29 @@ pub struct Pool {
     pub lb_algorithm: LbAlgorithm,
     pub admin_state_up: bool,
     pub members: Vec<Member>,
+    /// TLS to members (`tls_enabled`); `None` means plain TCP.
+    pub tls: Option<PoolTls>,
+}
+
+/// How lb talks TLS to a pool's members.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolTls {
+    /// Trust anchors for member certificates (`ca_tls_container_ref`). `None`: member
+    /// certificates are not verified (Octavia's behaviour without a CA; traffic is encrypted but
+    /// not authenticated, and lb says so in its log and metrics).
+    pub ca_certificates: Option<Vec<Vec<u8>>>,
+    /// Revocation lists for member certificates (`crl_container_ref`, DER).
+    pub crls: Vec<Vec<u8>>,
+    /// The client certificate presented to members (`tls_container_ref`).
+    pub client_certificate: Option<Arc<CertificateBundle>>,
+    /// The name member certificates must carry; `None`: the member's IP address (IP SAN).
+    pub server_name: Option<String>,
+    /// Empty means TLS 1.2 and 1.3.
+    pub tls_versions: Vec<TlsVersion>,
+    /// Allowed cipher suites, as for listeners; empty means all.
+    pub tls_ciphers: Vec<String>,
+    /// ALPN protocols offered to members; empty offers none.
+    pub alpn_protocols: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

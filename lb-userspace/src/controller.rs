@@ -88,9 +88,17 @@ impl Controller {
             set_status(&mut *tx, Kind::Listener, &id, &mut l, prov, op)?;
         }
         for mut p in tx.list_raw(Kind::Pool)? {
-            let op = if p["admin_state_up"].as_bool().unwrap_or(true) { "ONLINE" } else { "OFFLINE" };
             let id = p["id"].as_str().unwrap_or("").to_string();
-            set_status(&mut *tx, Kind::Pool, &id, &mut p, ACTIVE, op)?;
+            let failure = built.errors.get(&id).cloned().or_else(|| report.pools.get(&id).and_then(|r| r.clone().err()));
+            let (prov, op) = match failure {
+                Some(e) => {
+                    tracing::warn!(pool = %id, error = %e, "pool provisioning failed");
+                    (ERROR, "ERROR")
+                }
+                None if p["admin_state_up"].as_bool().unwrap_or(true) => (ACTIVE, "ONLINE"),
+                None => (ACTIVE, "OFFLINE"),
+            };
+            set_status(&mut *tx, Kind::Pool, &id, &mut p, prov, op)?;
         }
         for mut m in tx.list_raw(Kind::Member)? {
             // No active health checking yet: Octavia reports NO_MONITOR for such members.

@@ -62,6 +62,25 @@ pub struct MemberLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolOffloadLabels {
+    pub pool: String,
+    pub offload: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolVerificationLabels {
+    pub pool: String,
+    pub verification: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -84,6 +103,9 @@ pub struct Metrics {
     pub xdp_bytes: Family<InterfaceLabels, Counter>,
     pub xdp_passed: Family<InterfaceLabels, Counter>,
     pub member_errors: Family<MemberLabels, Counter>,
+    pub handshake_failures: Family<ListenerReasonLabels, Counter>,
+    pub member_tls: Family<PoolOffloadLabels, Counter>,
+    pub member_tls_verification: Family<PoolVerificationLabels, Gauge>,
 }
 
 impl Metrics {
@@ -106,6 +128,9 @@ impl Metrics {
             xdp_bytes: Family::default(),
             xdp_passed: Family::default(),
             member_errors: Family::default(),
+            handshake_failures: Family::default(),
+            member_tls: Family::default(),
+            member_tls_verification: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Client connections accepted", m.connections.clone());
@@ -130,7 +155,18 @@ impl Metrics {
         registry.register("xdp_bytes", "Bytes seen by the XDP program", m.xdp_bytes.clone());
         registry.register("xdp_passed", "Packets the XDP program passed to the kernel stack", m.xdp_passed.clone());
         registry.register("request_errors", "Requests answered with a 5xx by lbd or the member, per listener", m.request_errors.clone());
-        registry.register("member_errors", "Failures talking to members, by reason", m.member_errors.clone());
+        registry.register("member_errors", "Failures talking to members, by reason (TLS verification failures by their reason)", m.member_errors.clone());
+        registry.register(
+            "tls_handshake_failures",
+            "Client handshakes that failed, by reason (no_certificate, expired, revoked, unknown_issuer, ...)",
+            m.handshake_failures.clone(),
+        );
+        registry.register("member_tls_connections", "TLS connections to members by where records are processed and why", m.member_tls.clone());
+        registry.register(
+            "member_tls_verification",
+            "1 per TLS pool with how member certificates are checked: ca, or none (no ca_tls_container_ref)",
+            m.member_tls_verification.clone(),
+        );
         let (available, reason) = match &caps.ulp {
             _ if !policy.enabled => (0, "disabled_by_config"),
             Ok(()) => (1, "available"),

@@ -13,18 +13,26 @@ use rustls::ServerConfig;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PoolVerificationLabels};
 use crate::proxy::ListenerRuntime;
 use crate::proxy::listener;
 use crate::proxy::upstream::PoolRuntime;
 use crate::tls::accept::OffloadPolicy;
+use crate::tls::client::{MemberTls, member_tls};
 use crate::tls::config::server_config;
-use lb_common::model::{DesiredState, Id, Listener, ListenerProtocol, ListenerTls, LoadBalancer};
+use lb_common::model::{DesiredState, Id, Listener, ListenerProtocol, ListenerTls, LoadBalancer, Pool, PoolProtocol, PoolTls};
 
-/// The outcome of one apply, per listener id: `Ok` when it serves as desired.
+/// The outcome of one apply, per listener and pool id: `Ok` when it serves as desired.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ApplyReport {
     pub listeners: BTreeMap<Id, Result<(), String>>,
+    pub pools: BTreeMap<Id, Result<(), String>>,
+}
+
+/// A running pool and the TLS settings its member `ClientConfig` was built from.
+struct RunningPool {
+    runtime: Arc<PoolRuntime>,
+    tls: Option<(PoolTls, Arc<MemberTls>)>,
 }
 
 struct Running {
@@ -40,7 +48,7 @@ struct Running {
 /// Owns the running listeners. Must be used from within a tokio runtime.
 pub struct Reconciler {
     running: HashMap<Id, Running>,
-    pools: HashMap<Id, Arc<PoolRuntime>>,
+    pools: HashMap<Id, RunningPool>,
     policy: Arc<OffloadPolicy>,
     metrics: Arc<Metrics>,
 }
@@ -52,16 +60,22 @@ impl Reconciler {
 
     /// Makes the data plane match `state`.
     pub fn apply(&mut self, state: &DesiredState) -> ApplyReport {
-        self.pools = state
-            .pools()
-            .into_iter()
-            .map(|(id, pool)| {
-                let rt = PoolRuntime::new(pool, self.pools.get(id).map(Arc::as_ref), self.metrics.clone());
-                (id.to_string(), Arc::new(rt))
-            })
-            .collect();
-
         let mut report = ApplyReport::default();
+        let mut pools = HashMap::new();
+        for (id, pool) in state.pools() {
+            match self.build_pool(pool) {
+                Ok(running) => {
+                    pools.insert(id.to_string(), running);
+                    report.pools.insert(id.to_string(), Ok(()));
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %id, error = %e, "pool not applied");
+                    report.pools.insert(id.to_string(), Err(e));
+                }
+            }
+        }
+        self.pools = pools;
+
         let mut wanted = std::collections::HashSet::new();
         for (lb, l) in state.listeners() {
             if !(lb.admin_state_up && l.admin_state_up) {
@@ -85,6 +99,32 @@ impl Reconciler {
         report
     }
 
+    /// The runtime for `pool`. Idle member connections survive unless the TLS settings changed;
+    /// the member `ClientConfig` is rebuilt only when they did (keeping its session cache).
+    fn build_pool(&self, pool: &Pool) -> Result<RunningPool, String> {
+        let previous = self.pools.get(&pool.id);
+        let tls = match (&pool.tls, previous.and_then(|p| p.tls.as_ref())) {
+            (None, _) => None,
+            (Some(want), Some((old, built))) if want == old => Some((want.clone(), built.clone())),
+            (Some(want), _) => {
+                let built = member_tls(want, pool.protocol == PoolProtocol::Http, self.policy.may_offload()).map_err(|e| e.to_string())?;
+                if !built.verified {
+                    tracing::warn!(pool = %pool.id, "TLS to members without ca_tls_container_ref: traffic is encrypted but member certificates are NOT verified");
+                }
+                Some((want.clone(), Arc::new(built)))
+            }
+        };
+        let same_tls = previous.map(|p| p.tls.as_ref().map(|t| &t.0)) == Some(tls.as_ref().map(|t| &t.0));
+        let previous_runtime = previous.filter(|_| same_tls).map(|p| p.runtime.as_ref());
+        let member = tls.as_ref().map(|(_, b)| b.clone());
+        if let Some(m) = &member {
+            let verification = if m.verified { "ca" } else { "none" };
+            self.metrics.member_tls_verification.get_or_create(&PoolVerificationLabels { pool: pool.id.clone(), verification }).set(1);
+        }
+        let runtime = PoolRuntime::new(pool, previous_runtime, member, self.policy.clone(), self.metrics.clone());
+        Ok(RunningPool { runtime: Arc::new(runtime), tls })
+    }
+
     fn apply_listener(&mut self, lb: &LoadBalancer, l: &Listener) -> Result<(), String> {
         if matches!(l.protocol, ListenerProtocol::Udp) {
             return Err("UDP listeners need the XDP data plane, which this build does not run yet".into());
@@ -105,7 +145,7 @@ impl Reconciler {
             _ => None,
         };
         let pool = match &l.default_pool_id {
-            Some(id) => Some(self.pools.get(id).cloned().ok_or_else(|| format!("default_pool_id {id} does not exist"))?),
+            Some(id) => Some(self.pools.get(id).map(|p| p.runtime.clone()).ok_or_else(|| format!("default_pool_id {id} is not running"))?),
             None => None,
         };
         let limit = match (l.connection_limit, previous.and_then(|p| p.limit.clone())) {

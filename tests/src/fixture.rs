@@ -17,7 +17,14 @@ pub fn bundle(dir: &Path, name: &str) -> Arc<CertificateBundle> {
 
 /// TLS settings with `default` and `sni` certificates and everything else at its default.
 pub fn tls_settings(default: Arc<CertificateBundle>, sni: Vec<Arc<CertificateBundle>>) -> ListenerTls {
-    ListenerTls { default_certificate: default, sni_certificates: sni, tls_versions: vec![], tls_ciphers: vec![], alpn_protocols: vec![] }
+    ListenerTls {
+        default_certificate: default,
+        sni_certificates: sni,
+        tls_versions: vec![],
+        tls_ciphers: vec![],
+        alpn_protocols: vec![],
+        client_auth: None,
+    }
 }
 
 /// One load balancer with listener `l1` on 127.0.0.1:`port` and pool `p1` of `backends`.
@@ -36,7 +43,7 @@ pub fn state(port: u16, backends: &[SocketAddr], tls: ListenerTls, pool_protocol
                 connection_limit: None,
                 default_pool_id: Some("p1".into()),
                 timeouts: Timeouts::default(),
-                insert_headers: InsertHeaders { forwarded_for: true, forwarded_port: true, forwarded_proto: true },
+                insert_headers: InsertHeaders { forwarded_for: true, forwarded_port: true, forwarded_proto: true, ssl: SslHeaders::default() },
                 tls: Some(tls),
             }],
             pools: vec![Pool {
@@ -44,6 +51,7 @@ pub fn state(port: u16, backends: &[SocketAddr], tls: ListenerTls, pool_protocol
                 protocol: pool_protocol,
                 lb_algorithm: LbAlgorithm::RoundRobin,
                 admin_state_up: true,
+                tls: None,
                 members: backends
                     .iter()
                     .enumerate()

@@ -13,6 +13,12 @@ pub enum CertError {
     NoCertificate { field: &'static str },
     #[error("{field}: malformed certificate data: {detail}")]
     MalformedCertificate { field: &'static str, detail: String },
+    #[error("{field}: no PEM or DER certificate revocation list found")]
+    NoCrl { field: &'static str },
+    #[error("{field}: malformed certificate revocation list: {detail}")]
+    MalformedCrl { field: &'static str, detail: String },
+    #[error("{field}: {detail}")]
+    TrustStore { field: &'static str, detail: String },
     #[error("private_key: no private key found (expected PEM PRIVATE KEY, RSA PRIVATE KEY, EC PRIVATE KEY or ENCRYPTED PRIVATE KEY, or DER PKCS8)")]
     NoPrivateKey,
     #[error("private_key: the key is encrypted and no passphrase was given")]

@@ -31,6 +31,28 @@ pub fn certificates(data: &[u8], field: &'static str) -> Result<Vec<Vec<u8>>, Ce
     Ok(out)
 }
 
+/// All certificate revocation lists in `data` (PEM `X509 CRL` blocks, or a single DER CRL).
+pub fn crls(data: &[u8], field: &'static str) -> Result<Vec<Vec<u8>>, CertError> {
+    if !looks_like_pem(data) {
+        return match data.first() {
+            Some(0x30) => Ok(vec![data.to_vec()]),
+            _ => Err(CertError::NoCrl { field }),
+        };
+    }
+    let mut out = Vec::new();
+    for item in sections(data) {
+        match item {
+            Ok((SectionKind::Crl, der)) => out.push(der),
+            Ok(_) => {}
+            Err(e) => return Err(CertError::MalformedCrl { field, detail: e.to_string() }),
+        }
+    }
+    if out.is_empty() {
+        return Err(CertError::NoCrl { field });
+    }
+    Ok(out)
+}
+
 /// The first private key in `data`, decrypting an `ENCRYPTED PRIVATE KEY` with `passphrase`.
 pub fn private_key(data: &[u8], passphrase: Option<&str>) -> Result<ParsedKey, CertError> {
     if !looks_like_pem(data) {

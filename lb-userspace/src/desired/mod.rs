@@ -12,10 +12,11 @@ use std::time::Duration;
 use lb_common::model::*;
 
 use crate::store::octavia::{ListenerRec, LoadBalancerRec, MemberRec, PoolRec};
+use tlsref::RefError;
 use crate::store::seal::Kek;
 use crate::store::{Kind, StoreError, Txn, TxnExt};
 
-/// A snapshot plus the listeners that could not be included, with why.
+/// A snapshot plus the listeners and pools that could not be included, with why (by id).
 pub struct Built {
     pub state: DesiredState,
     pub errors: BTreeMap<Id, String>,
@@ -73,12 +74,64 @@ pub fn listener_tls(tx: &mut dyn Txn, kek: &Kek, l: &ListenerRec, project: Optio
     for r in &l.sni_container_refs {
         sni_certificates.push(Arc::new(tlsref::bundle(tx, kek, "sni_container_refs", r, project)?));
     }
+    let client_auth = match (l.client_authentication.as_str(), &l.client_ca_tls_container_ref) {
+        ("OPTIONAL" | "MANDATORY", Some(ca)) => Some(ClientAuth {
+            mode: if l.client_authentication == "OPTIONAL" { ClientAuthMode::Optional } else { ClientAuthMode::Mandatory },
+            ca_certificates: tlsref::ca_certificates(tx, kek, "client_ca_tls_container_ref", ca, project)?,
+            crls: match &l.client_crl_container_ref {
+                Some(crl) => tlsref::crls(tx, kek, "client_crl_container_ref", crl, project)?,
+                None => vec![],
+            },
+        }),
+        _ => None,
+    };
     Ok(Some(ListenerTls {
         default_certificate,
         sni_certificates,
-        tls_versions: l.tls_versions.iter().filter_map(|v| tls_version(v)).collect(),
-        tls_ciphers: l.tls_ciphers.iter().flat_map(|c| c.split(':')).filter(|c| !c.is_empty()).map(String::from).collect(),
+        tls_versions: versions(&l.tls_versions),
+        tls_ciphers: ciphers(&l.tls_ciphers),
         alpn_protocols: l.alpn_protocols.clone(),
+        client_auth,
+    }))
+}
+
+fn versions(v: &[String]) -> Vec<TlsVersion> {
+    v.iter().filter_map(|v| tls_version(v)).collect()
+}
+
+fn ciphers(c: &Option<String>) -> Vec<String> {
+    c.iter().flat_map(|c| c.split(':')).filter(|c| !c.is_empty()).map(String::from).collect()
+}
+
+/// The pool tag that names the DNS name member certificates must carry (Octavia has no field
+/// for it): `tls_server_name=api.internal`. Without it, members are checked by IP address.
+pub const SERVER_NAME_TAG: &str = "tls_server_name=";
+
+/// The TLS settings of a pool with `tls_enabled`, resolving its references.
+pub fn pool_tls(tx: &mut dyn Txn, kek: &Kek, p: &PoolRec, project: Option<&str>) -> Result<Option<PoolTls>, RefError> {
+    if !p.tls_enabled {
+        return Ok(None);
+    }
+    let ca_certificates = match &p.ca_tls_container_ref {
+        Some(r) => Some(tlsref::ca_certificates(tx, kek, "ca_tls_container_ref", r, project)?),
+        None => None,
+    };
+    let crls = match &p.crl_container_ref {
+        Some(r) => tlsref::crls(tx, kek, "crl_container_ref", r, project)?,
+        None => vec![],
+    };
+    let client_certificate = match &p.tls_container_ref {
+        Some(r) => Some(Arc::new(tlsref::bundle(tx, kek, "tls_container_ref", r, project)?)),
+        None => None,
+    };
+    Ok(Some(PoolTls {
+        ca_certificates,
+        crls,
+        client_certificate,
+        server_name: p.common.tags.iter().find_map(|t| t.strip_prefix(SERVER_NAME_TAG)).map(str::to_string),
+        tls_versions: versions(&p.tls_versions),
+        tls_ciphers: ciphers(&p.tls_ciphers),
+        alpn_protocols: p.alpn_protocols.clone(),
     }))
 }
 
@@ -105,17 +158,25 @@ fn listener(tx: &mut dyn Txn, kek: &Kek, l: &ListenerRec) -> Result<Listener, St
             forwarded_for: header_on(l, "X-Forwarded-For"),
             forwarded_port: header_on(l, "X-Forwarded-Port"),
             forwarded_proto: header_on(l, "X-Forwarded-Proto"),
+            ssl: {
+                let mut ssl = SslHeaders::default();
+                for name in SslHeaders::NAMES {
+                    ssl.set(name, header_on(l, name));
+                }
+                ssl
+            },
         },
         tls,
     })
 }
 
-fn pool(p: &PoolRec, members: &[MemberRec]) -> Option<Pool> {
-    Some(Pool {
+fn pool(tx: &mut dyn Txn, kek: &Kek, p: &PoolRec, members: &[MemberRec]) -> Result<Pool, String> {
+    Ok(Pool {
         id: p.common.id.clone(),
-        protocol: pool_protocol(&p.protocol)?,
-        lb_algorithm: lb_algorithm(&p.lb_algorithm)?,
+        protocol: pool_protocol(&p.protocol).ok_or_else(|| format!("protocol {} is not supported", p.protocol))?,
+        lb_algorithm: lb_algorithm(&p.lb_algorithm).ok_or_else(|| format!("lb_algorithm {} is not supported", p.lb_algorithm))?,
         admin_state_up: p.common.admin_state_up,
+        tls: pool_tls(tx, kek, p, None).map_err(|e| e.to_string())?,
         members: members
             .iter()
             .filter(|m| m.pool_id == p.common.id)
@@ -151,7 +212,14 @@ pub fn build(tx: &mut dyn Txn, kek: &Kek, generation: u64) -> Result<Built, Stor
                 }
             }
         }
-        out.pools = pools.iter().filter(|p| p.loadbalancer_id == lb.common.id).filter_map(|p| pool(p, &members)).collect();
+        for p in pools.iter().filter(|p| p.loadbalancer_id == lb.common.id) {
+            match pool(tx, kek, p, &members) {
+                Ok(built) => out.pools.push(built),
+                Err(e) => {
+                    errors.insert(p.common.id.clone(), e);
+                }
+            }
+        }
         load_balancers.push(out);
     }
     Ok(Built { state: DesiredState { generation, load_balancers }, errors })

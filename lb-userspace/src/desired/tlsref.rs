@@ -54,6 +54,32 @@ pub fn payload(tx: &mut dyn Txn, kek: &Kek, field: &'static str, id: &str) -> Re
     kek.open(id, &sealed).map_err(|_| RefError::Sealed { field, id: id.into() })
 }
 
+/// The payload of the secret `href` names, or of a certificate container's `certificate` entry
+/// (CA bundles and CRLs are plain PEM secrets in Octavia; a container is accepted too).
+fn pem_payload(tx: &mut dyn Txn, kek: &Kek, field: &'static str, href: &str, project: Option<&str>) -> Result<(String, Zeroizing<Vec<u8>>), RefError> {
+    let (id, target) = target(tx, field, href, project)?;
+    let secret_id = match target {
+        Target::Secret(_) => id.clone(),
+        Target::Container(c) => {
+            let r = c.secret_refs.iter().find(|r| r.name == "certificate").ok_or(RefError::MissingEntry { field, id: id.clone(), entry: "certificate" })?;
+            ref_id(&r.secret_ref).ok_or_else(|| RefError::Malformed { field, href: r.secret_ref.clone() })?
+        }
+    };
+    Ok((id, payload(tx, kek, field, &secret_id)?))
+}
+
+/// Resolves a CA bundle reference into DER certificates.
+pub fn ca_certificates(tx: &mut dyn Txn, kek: &Kek, field: &'static str, href: &str, project: Option<&str>) -> Result<Vec<Vec<u8>>, RefError> {
+    let (id, data) = pem_payload(tx, kek, field, href, project)?;
+    certs::pem::certificates(&data, field).map_err(|error| RefError::Certificate { field, id, error })
+}
+
+/// Resolves a CRL reference into DER revocation lists.
+pub fn crls(tx: &mut dyn Txn, kek: &Kek, field: &'static str, href: &str, project: Option<&str>) -> Result<Vec<Vec<u8>>, RefError> {
+    let (id, data) = pem_payload(tx, kek, field, href, project)?;
+    certs::pem::crls(&data, field).map_err(|error| RefError::Certificate { field, id, error })
+}
+
 /// Resolves and validates a certificate reference.
 pub fn bundle(tx: &mut dyn Txn, kek: &Kek, field: &'static str, href: &str, project: Option<&str>) -> Result<CertificateBundle, RefError> {
     let (id, target) = target(tx, field, href, project)?;

@@ -20,6 +20,21 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::ListenerRuntime;
 use super::upstream::{MemberRuntime, UpBody};
 use crate::metrics::RequestLabels;
+use crate::tls::peer::{self, ClientCert};
+
+/// Octavia's `X-SSL-*` header names in the lower case `HeaderName::from_static` requires.
+fn lower(name: &'static str) -> &'static str {
+    match name {
+        "X-SSL-Client-Verify" => "x-ssl-client-verify",
+        "X-SSL-Client-Has-Cert" => "x-ssl-client-has-cert",
+        "X-SSL-Client-DN" => "x-ssl-client-dn",
+        "X-SSL-Client-CN" => "x-ssl-client-cn",
+        "X-SSL-Issuer" => "x-ssl-issuer",
+        "X-SSL-Client-SHA1" => "x-ssl-client-sha1",
+        "X-SSL-Client-Not-Before" => "x-ssl-client-not-before",
+        _ => "x-ssl-client-not-after",
+    }
+}
 
 type RespBody = BoxBody<Bytes, hyper::Error>;
 
@@ -28,6 +43,8 @@ pub struct ConnContext {
     pub listener: Arc<ArcSwap<ListenerRuntime>>,
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The verified certificate the client presented, if any.
+    pub client_cert: Option<Arc<ClientCert>>,
 }
 
 /// Serves one client connection until it closes.
@@ -179,6 +196,19 @@ impl RequestHead {
         if insert.forwarded_proto {
             let proto = if ctx.tls { "https" } else { "http" };
             headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
+        }
+        if ctx.tls && insert.ssl.any() {
+            // Set, never appended: a client cannot smuggle its own X-SSL-* values past lb.
+            for (name, on) in insert.ssl.named() {
+                if on {
+                    headers.remove(name);
+                }
+            }
+            for (name, value) in peer::headers(&insert.ssl, ctx.client_cert.as_deref()) {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.insert(HeaderName::from_static(lower(name)), v);
+                }
+            }
         }
         let uri = parts.uri.path_and_query().map(|pq| Uri::from(pq.clone())).unwrap_or_else(|| Uri::from_static("/"));
         RequestHead { method: parts.method.clone(), uri, headers }

@@ -11,9 +11,10 @@ use tokio::task::JoinHandle;
 use super::ListenerRuntime;
 use super::http::{self, ConnContext};
 use super::raw;
-use crate::metrics::{HandshakeLabels, ListenerLabels, OffloadLabels, ReasonLabels};
+use crate::metrics::{HandshakeLabels, ListenerLabels, ListenerReasonLabels, OffloadLabels, ReasonLabels};
+use crate::tls::verify;
 use crate::tls::accept::{AcceptError, OffloadPolicy, accept};
-use crate::tls::stream::{ClientStream, ControlRecordError};
+use crate::tls::stream::{PeerStream, ControlRecordError};
 use lb_common::model::{ListenerProtocol, PoolProtocol};
 
 /// Binds `addr` with the options a load balancer listener wants.
@@ -69,7 +70,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRu
     let active = rt.metrics.active_connections.get_or_create(&labels).clone();
     active.inc();
 
-    let (client, h2) = match (&rt.protocol, &rt.tls) {
+    let (client, h2, client_cert) = match (&rt.protocol, &rt.tls) {
         (ListenerProtocol::TerminatedHttps, Some(config)) => {
             let handshake = tokio::time::timeout(rt.timeouts.client_data, accept(tcp, config.clone(), policy))
                 .await
@@ -84,27 +85,30 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRu
                     rt.metrics.tls_connections.get_or_create(&OffloadLabels { offload, reason }).inc();
                     tracing::debug!(listener = %rt.id, %peer, version = a.version, cipher = a.cipher,
                         sni = a.sni.as_deref().unwrap_or(""), offload, reason, "handshake complete");
-                    (a.stream, a.alpn.as_deref() == Some(b"h2"))
+                    (a.stream, a.alpn.as_deref() == Some(b"h2"), a.client_cert)
                 }
                 Err(e) => {
                     if matches!(e, AcceptError::Offload(_)) {
                         rt.metrics.tls_connections.get_or_create(&OffloadLabels { offload: "none", reason: "install_failed" }).inc();
                         tracing::warn!(listener = %rt.id, %peer, error = %e, "kTLS installation failed; connection closed");
-                    } else {
-                        tracing::debug!(listener = %rt.id, %peer, error = %e, "handshake failed");
+                    }
+                    if let AcceptError::Handshake(io) = &e {
+                        let reason = verify::failure_reason(io);
+                        rt.metrics.handshake_failures.get_or_create(&ListenerReasonLabels { listener: rt.id.clone(), reason }).inc();
+                        tracing::debug!(listener = %rt.id, %peer, reason, error = %e, "handshake failed");
                     }
                     active.dec();
                     return;
                 }
             }
         }
-        _ => (ClientStream::Plain(tcp), false),
+        _ => (PeerStream::Plain(tcp), false, None),
     };
 
     let is_tls = rt.tls.is_some();
     let http_pool = rt.pool.as_ref().map(|p| p.protocol == PoolProtocol::Http).unwrap_or(rt.protocol != ListenerProtocol::Tcp);
     let result = if http_pool && matches!(rt.protocol, ListenerProtocol::Http | ListenerProtocol::TerminatedHttps) {
-        let ctx = Arc::new(ConnContext { listener: shared.clone(), peer, tls: is_tls });
+        let ctx = Arc::new(ConnContext { listener: shared.clone(), peer, tls: is_tls, client_cert });
         // Counts client bytes and closes a connection idle (no byte either way) for client_data.
         let (rx, tx) = rt.byte_counters();
         let client = super::io::Idle::new(client, rt.timeouts.client_data).counted(rx, tx);

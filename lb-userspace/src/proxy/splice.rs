@@ -64,6 +64,7 @@ async fn fill(from: &TcpStream, from_fd: RawFd, pipe_w: RawFd, to: &TcpStream, e
                 match retry(from, Interest::READABLE, || read_record(from_fd, &mut buf)).await? {
                     Record::Closed => return Ok(None),
                     Record::Data(n) => write_all(to, &buf[..n]).await?,
+                    Record::Skipped => {}
                 }
             }
             Err(e) => return Err(e),

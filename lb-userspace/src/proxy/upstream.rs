@@ -1,5 +1,6 @@
-//! Members of a pool as the data plane uses them: weighted round-robin choice, connecting with
-//! retry on the next member, and idle HTTP/1.1 connections kept per member for reuse.
+//! Members of a pool as the data plane uses them: weighted round-robin choice, connecting (TCP,
+//! then TLS for pools with `tls_enabled`) with retry on the next member, and idle HTTP/1.1
+//! connections kept per member for reuse.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +15,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::io::Idle;
-use crate::metrics::{MemberLabels, Metrics};
+use crate::metrics::{MemberLabels, Metrics, PoolOffloadLabels};
+use crate::tls::accept::OffloadPolicy;
+use crate::tls::client::{self, MemberTls};
+use crate::tls::stream::PeerStream;
+use crate::tls::verify;
 use lb_common::balance::Schedule;
 use lb_common::model::{Pool, PoolProtocol};
 
@@ -70,6 +75,9 @@ pub struct PoolRuntime {
     members: Vec<Arc<MemberRuntime>>,
     schedule: Schedule,
     cursor: AtomicUsize,
+    /// TLS to members (`tls_enabled`).
+    tls: Option<Arc<MemberTls>>,
+    policy: Arc<OffloadPolicy>,
     metrics: Arc<Metrics>,
 }
 
@@ -83,8 +91,8 @@ pub struct Checkout {
 
 impl PoolRuntime {
     /// Builds the runtime for `pool`, keeping the idle connections of members that did not
-    /// change (same id and address) from `previous`.
-    pub fn new(pool: &Pool, previous: Option<&PoolRuntime>, metrics: Arc<Metrics>) -> Self {
+    /// change (same id and address) from `previous` (pass `None` when the TLS settings changed).
+    pub fn new(pool: &Pool, previous: Option<&PoolRuntime>, tls: Option<Arc<MemberTls>>, policy: Arc<OffloadPolicy>, metrics: Arc<Metrics>) -> Self {
         let members: Vec<Arc<MemberRuntime>> = pool
             .members
             .iter()
@@ -107,6 +115,8 @@ impl PoolRuntime {
             members,
             schedule: Schedule::smooth_weighted(&weights),
             cursor: AtomicUsize::new(cursor),
+            tls,
+            policy,
             metrics,
         }
     }
@@ -118,7 +128,7 @@ impl PoolRuntime {
     }
 
     /// Opens a TCP connection to the scheduled member, moving on to the next on refusal or timeout.
-    pub async fn connect(&self, timeout: Duration) -> Result<(Arc<MemberRuntime>, TcpStream), UpstreamError> {
+    pub async fn connect(&self, timeout: Duration) -> Result<(Arc<MemberRuntime>, PeerStream), UpstreamError> {
         let candidates = self.candidates();
         if candidates.is_empty() {
             return Err(UpstreamError::NoMembers);
@@ -126,7 +136,7 @@ impl PoolRuntime {
         let mut last = String::new();
         for member in candidates {
             match self.connect_member(&member, timeout).await {
-                Ok(tcp) => return Ok((member, tcp)),
+                Ok(stream) => return Ok((member, stream)),
                 Err(e) => last = format!("{}: {e}", member.addr),
             }
         }
@@ -159,8 +169,8 @@ impl PoolRuntime {
     /// a member that stops answering, mid-response or before it, or a pooled connection left
     /// idle that long.
     pub async fn open_http(&self, member: &MemberRuntime, (connect, member_data): (Duration, Duration)) -> std::io::Result<SendRequest<UpBody>> {
-        let tcp = self.connect_member(member, connect).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(Idle::new(tcp, member_data)))
+        let stream = self.connect_member(member, connect).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(Idle::new(stream, member_data)))
             .await
             .map_err(std::io::Error::other)?;
         tokio::spawn(async move {
@@ -169,7 +179,32 @@ impl PoolRuntime {
         Ok(sender)
     }
 
-    async fn connect_member(&self, member: &MemberRuntime, timeout: Duration) -> std::io::Result<TcpStream> {
+    /// A connection to `member`: TCP, then the TLS handshake for pools with TLS, each within
+    /// `timeout`. A member whose certificate fails verification is counted with the reason and
+    /// treated like one that refused the connection.
+    async fn connect_member(&self, member: &MemberRuntime, timeout: Duration) -> std::io::Result<PeerStream> {
+        let tcp = self.connect_tcp(member, timeout).await?;
+        let Some(tls) = &self.tls else { return Ok(PeerStream::Plain(tcp)) };
+        let result = match tokio::time::timeout(timeout, client::connect(tcp, tls, member.addr.ip(), &self.policy)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
+        };
+        match result {
+            Ok(connected) => {
+                let (offload, reason) = connected.offload.labels();
+                self.metrics.member_tls.get_or_create(&PoolOffloadLabels { pool: self.id.clone(), offload, reason }).inc();
+                Ok(connected.stream)
+            }
+            Err(e) => {
+                let reason = verify::failure_reason(&e);
+                tracing::debug!(pool = %self.id, member = %member.addr, reason, error = %e, "TLS to member failed");
+                self.metrics.member_errors.get_or_create(&MemberLabels { pool: self.id.clone(), member: member.id.clone(), reason }).inc();
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect_tcp(&self, member: &MemberRuntime, timeout: Duration) -> std::io::Result<TcpStream> {
         let result = match tokio::time::timeout(timeout, TcpStream::connect(member.addr)).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),

@@ -5,15 +5,16 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use rustls::ServerConfig;
+use rustls::{ProtocolVersion, ServerConfig, SupportedCipherSuite};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::config::suite_name;
 use super::offload::{self, Capabilities, KernelCipher, KernelVersion};
+use super::peer::ClientCert;
 use super::record::RecordReader;
-use super::stream::{ClientStream, KtlsStream};
+use super::stream::{KtlsStream, PeerStream};
 
 /// Whether lbd tries kTLS at all, and what the kernel can do.
 #[derive(Clone, Debug)]
@@ -80,12 +81,14 @@ impl Offload {
 
 /// A completed handshake.
 pub struct Accepted {
-    pub stream: ClientStream,
+    pub stream: PeerStream,
     pub alpn: Option<Vec<u8>>,
     pub version: &'static str,
     pub cipher: &'static str,
     pub sni: Option<String>,
     pub offload: Offload,
+    /// The verified certificate the client presented (listeners with client authentication).
+    pub client_cert: Option<Arc<ClientCert>>,
 }
 
 /// Why a handshake or the kernel hand-over failed.
@@ -95,6 +98,37 @@ pub enum AcceptError {
     Handshake(io::Error),
     #[error("kTLS hand-over failed after the secrets left rustls: {0}")]
     Offload(String),
+}
+
+/// Where the records of a completed handshake should go.
+pub fn decide(policy: &OffloadPolicy, version: Option<ProtocolVersion>, suite: SupportedCipherSuite, at_record_boundary: bool) -> Offload {
+    let kernel_version = version.and_then(KernelVersion::of);
+    match (kernel_version, kernel_cipher(suite)) {
+        _ if !policy.enabled => Offload::Userspace(Fallback::DisabledByConfig),
+        _ if policy.capabilities.ulp.is_err() => Offload::Userspace(Fallback::KernelWithoutKtls),
+        (None, _) => Offload::Userspace(Fallback::VersionNotSupported),
+        (_, Some(c)) if policy.userspace_ciphers.contains(&c) => Offload::Userspace(Fallback::CipherPolicy),
+        (Some(v), Some(c)) if policy.capabilities.supports(v, c) && at_record_boundary => Offload::Kernel,
+        _ => Offload::Userspace(Fallback::CipherNotInKernel),
+    }
+}
+
+/// Hands a completed connection's record layer to the kernel: plaintext rustls already decrypted
+/// is kept to be served first, then the secrets leave rustls and TX+RX are installed.
+pub fn hand_over(io: RecordReader<TcpStream>, conn: impl Into<rustls::Connection>, version: ProtocolVersion) -> Result<KtlsStream, String> {
+    let mut conn: rustls::Connection = conn.into();
+    // With record-bounded reads nothing past the Finished message was read, but rustls may
+    // still hold decrypted application data from the last record: serve it first.
+    let mut prefix = Vec::new();
+    match conn.reader().read_to_end(&mut prefix) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let tcp = io.into_inner();
+    let secrets = conn.dangerous_extract_secrets().map_err(|e| e.to_string())?;
+    offload::install(tcp.as_raw_fd(), version, secrets).map_err(|e| e.to_string())?;
+    Ok(KtlsStream::new(tcp, prefix))
 }
 
 /// Runs the handshake on `tcp` and decides where the records go.
@@ -109,43 +143,21 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>, policy: &OffloadP
     let suite = conn.negotiated_cipher_suite().expect("handshake complete");
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let sni = conn.server_name().map(str::to_string);
-    let kernel_version = version.and_then(KernelVersion::of);
-    let version_name = kernel_version.map(KernelVersion::name).unwrap_or("other");
-    let cipher = suite_name(suite);
-    let kernel_cipher = kernel_cipher(suite);
-
-    let decision = match (kernel_version, kernel_cipher) {
-        _ if !policy.enabled => Offload::Userspace(Fallback::DisabledByConfig),
-        _ if policy.capabilities.ulp.is_err() => Offload::Userspace(Fallback::KernelWithoutKtls),
-        (None, _) => Offload::Userspace(Fallback::VersionNotSupported),
-        (_, Some(c)) if policy.userspace_ciphers.contains(&c) => Offload::Userspace(Fallback::CipherPolicy),
-        (Some(v), Some(c)) if policy.capabilities.supports(v, c) && io.at_record_boundary() => Offload::Kernel,
-        _ => Offload::Userspace(Fallback::CipherNotInKernel),
-    };
+    let client_cert = conn.peer_certificates().and_then(|c| c.first()).and_then(|c| ClientCert::parse(c)).map(Arc::new);
+    let version_name = version.and_then(KernelVersion::of).map(KernelVersion::name).unwrap_or("other");
+    let decision = decide(policy, version, suite, io.at_record_boundary());
 
     let stream = match decision {
         Offload::Kernel => {
-            let (io, mut conn) = tls.into_inner();
-            // With record-bounded reads nothing past the Finished message was read, but rustls may
-            // still hold decrypted application data from the last record: serve it first.
-            let mut prefix = Vec::new();
-            match conn.reader().read_to_end(&mut prefix) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(AcceptError::Offload(e.to_string())),
-            }
-            let tcp = io.into_inner();
-            let secrets = conn.dangerous_extract_secrets().map_err(|e| AcceptError::Offload(e.to_string()))?;
-            offload::install(tcp.as_raw_fd(), version.expect("known version"), secrets)
-                .map_err(|e| AcceptError::Offload(e.to_string()))?;
-            ClientStream::Ktls(KtlsStream::new(tcp, prefix))
+            let (io, conn) = tls.into_inner();
+            PeerStream::Ktls(hand_over(io, conn, version.expect("known version")).map_err(AcceptError::Offload)?)
         }
         Offload::Userspace(_) => {
             tls.get_mut().0.uncork();
-            ClientStream::Rustls(Box::new(tls))
+            PeerStream::Rustls(Box::new(tls))
         }
     };
-    Ok(Accepted { stream, alpn, version: version_name, cipher, sni, offload: decision })
+    Ok(Accepted { stream, alpn, version: version_name, cipher: suite_name(suite), sni, offload: decision, client_cert })
 }
 
 fn kernel_cipher(suite: rustls::SupportedCipherSuite) -> Option<KernelCipher> {

@@ -8,6 +8,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::{ServerConfig, SupportedCipherSuite};
 
 use super::resolver::SniResolver;
+use super::verify;
 use crate::certs::{CertError, validate::certified_key};
 use lb_common::model::{ListenerTls, TlsVersion};
 
@@ -26,6 +27,10 @@ pub enum TlsConfigError {
     BadAlpn(String),
     #[error("certificate {source_ref}: {error}")]
     Certificate { source_ref: String, error: CertError },
+    #[error("{0}")]
+    Trust(CertError),
+    #[error("server name {0:?} is not a valid DNS name")]
+    BadServerName(String),
 }
 
 /// (OpenSSL name, IANA name, suite) for every suite lb implements.
@@ -91,16 +96,17 @@ fn is_tls13(s: SupportedCipherSuite) -> bool {
     matches!(s, SupportedCipherSuite::Tls13(_))
 }
 
-/// Builds the `ServerConfig` a listener serves with. `extract_secrets` allows kTLS installation.
-pub fn server_config(tls: &ListenerTls, extract_secrets: bool) -> Result<Arc<ServerConfig>, TlsConfigError> {
-    let mut versions: Vec<TlsVersion> = if tls.tls_versions.is_empty() {
-        vec![TlsVersion::Tls12, TlsVersion::Tls13]
-    } else {
-        tls.tls_versions.clone()
-    };
+/// Protocol versions and a crypto provider restricted to the allowed suites, checked against
+/// each other (shared by listeners and pools).
+pub fn versions_and_provider(
+    tls_versions: &[TlsVersion],
+    tls_ciphers: &[String],
+) -> Result<(Vec<&'static rustls::SupportedProtocolVersion>, Arc<CryptoProvider>), TlsConfigError> {
+    let mut versions: Vec<TlsVersion> =
+        if tls_versions.is_empty() { vec![TlsVersion::Tls12, TlsVersion::Tls13] } else { tls_versions.to_vec() };
     versions.sort();
     versions.dedup();
-    let suites: Vec<SupportedCipherSuite> = cipher_suites(&tls.tls_ciphers)?;
+    let suites: Vec<SupportedCipherSuite> = cipher_suites(tls_ciphers)?;
     for v in &versions {
         if !suites.iter().any(|s| is_tls13(*s) == (*v == TlsVersion::Tls13)) {
             return Err(TlsConfigError::NoCipherForVersion(*v));
@@ -116,8 +122,12 @@ pub fn server_config(tls: &ListenerTls, extract_secrets: bool) -> Result<Arc<Ser
     if protocol_versions.is_empty() {
         return Err(TlsConfigError::NoVersion);
     }
-    let provider = CryptoProvider { cipher_suites: suites, ..aws_lc_rs::default_provider() };
+    Ok((protocol_versions, Arc::new(CryptoProvider { cipher_suites: suites, ..aws_lc_rs::default_provider() })))
+}
 
+/// Builds the `ServerConfig` a listener serves with. `extract_secrets` allows kTLS installation.
+pub fn server_config(tls: &ListenerTls, extract_secrets: bool) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let (protocol_versions, provider) = versions_and_provider(&tls.tls_versions, &tls.tls_ciphers)?;
     let load = |b: &lb_common::model::CertificateBundle| {
         certified_key(b).map_err(|error| TlsConfigError::Certificate { source_ref: b.source.clone(), error })
     };
@@ -128,18 +138,21 @@ pub fn server_config(tls: &ListenerTls, extract_secrets: bool) -> Result<Arc<Ser
         .map(|b| Ok((load(b)?, b.dns_names.clone())))
         .collect::<Result<Vec<_>, TlsConfigError>>()?;
 
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&protocol_versions)
-        .expect("suites were checked against the versions")
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver::new(default, sni)));
+        .expect("suites were checked against the versions");
+    let builder = match &tls.client_auth {
+        Some(auth) => builder.with_client_cert_verifier(verify::client_verifier(auth, provider).map_err(TlsConfigError::Trust)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(default, sni)));
     config.alpn_protocols = alpn(&tls.alpn_protocols)?;
     config.enable_secret_extraction = extract_secrets;
     config.ticketer = aws_lc_rs::Ticketer::new().expect("ticketer from the system RNG");
     Ok(Arc::new(config))
 }
 
-fn alpn(protocols: &[String]) -> Result<Vec<Vec<u8>>, TlsConfigError> {
+pub(crate) fn alpn(protocols: &[String]) -> Result<Vec<Vec<u8>>, TlsConfigError> {
     if protocols.is_empty() {
         return Ok(vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     }

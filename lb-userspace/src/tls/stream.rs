@@ -1,5 +1,6 @@
-//! The accepted client connection after its handshake: records handled by the kernel
-//! ([`KtlsStream`]), by rustls ([`ClientStream::Rustls`]), or no TLS at all.
+//! A connection end after its handshake (a client's, or a member's): records handled by the
+//! kernel ([`KtlsStream`]), by rustls ([`PeerStream::Rustls`], [`PeerStream::RustlsClient`]), or
+//! no TLS at all.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -42,6 +43,9 @@ pub enum Record {
     Data(usize),
     /// close_notify, or TCP EOF.
     Closed,
+    /// A record with nothing for the application: TLS 1.3 NewSessionTickets a member sends after
+    /// the handshake (lb does not resume offloaded member connections, so they are dropped).
+    Skipped,
 }
 
 /// Reads one record from an offloaded socket into `buf`, turning control records into EOF or
@@ -58,15 +62,36 @@ pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Record>
         )),
         // TLS 1.3 KeyUpdate (handshake type 24): the next records use keys we cannot give the
         // kernel on this connection, so end it before any byte could be misread.
-        record_type::HANDSHAKE if n >= 1 && buf[0] == 24 => {
-            Err(io::Error::new(io::ErrorKind::ConnectionAborted, ControlRecordError::KeyUpdate))
-        }
-        record_type::HANDSHAKE => Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            ControlRecordError::UnexpectedHandshake(if n >= 1 { buf[0] } else { 0 }),
-        )),
+        record_type::HANDSHAKE => match post_handshake(&buf[..n]) {
+            Ok(()) => Ok(Record::Skipped),
+            Err(e) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
+        },
         other => Err(io::Error::new(io::ErrorKind::InvalidData, ControlRecordError::UnknownRecord(other))),
     }
+}
+
+/// Checks the handshake messages of one post-handshake record: only NewSessionTickets (type 4)
+/// may be dropped. A TLS 1.3 KeyUpdate (type 24) means the next records use keys the kernel cannot
+/// be given on this connection, so it is ended before any byte could be misread.
+fn post_handshake(mut record: &[u8]) -> Result<(), ControlRecordError> {
+    if record.is_empty() {
+        return Err(ControlRecordError::UnexpectedHandshake(0));
+    }
+    while !record.is_empty() {
+        let kind = record[0];
+        if kind == 24 {
+            return Err(ControlRecordError::KeyUpdate);
+        }
+        let len = match record {
+            [_, a, b, c, ..] => usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c),
+            _ => return Err(ControlRecordError::UnexpectedHandshake(kind)),
+        };
+        if kind != 4 || record.len() < 4 + len {
+            return Err(ControlRecordError::UnexpectedHandshake(kind));
+        }
+        record = &record[4 + len..];
+    }
+    Ok(())
 }
 
 /// A TCP socket whose TLS record layer runs in the kernel.
@@ -119,6 +144,7 @@ impl AsyncRead for KtlsStream {
                     this.read_closed = true;
                     return Poll::Ready(Ok(()));
                 }
+                Ok(Record::Skipped) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -165,30 +191,58 @@ pub fn send_close_notify(fd: std::os::fd::RawFd) -> io::Result<()> {
     offload::send_record(fd, record_type::ALERT, &[1, 0]).map(|_| ())
 }
 
-/// A client connection as the proxy sees it.
-pub enum ClientStream {
+/// One end of a proxied connection (the client's, or a member's) as the proxy sees it.
+pub enum PeerStream {
     Ktls(KtlsStream),
+    /// A client connection whose records stay in rustls.
     Rustls(Box<tokio_rustls::server::TlsStream<RecordReader<TcpStream>>>),
+    /// A member connection whose records stay in rustls.
+    RustlsClient(Box<tokio_rustls::client::TlsStream<RecordReader<TcpStream>>>),
     Plain(TcpStream),
+}
+
+impl PeerStream {
+    /// Whether the kernel moves this end's bytes (plain TCP or kTLS), so `splice(2)` can be used.
+    pub fn in_kernel(&self) -> bool {
+        self.kernel_socket().is_some()
+    }
+
+    /// The socket, and whether it is offloaded, when the kernel moves this end's bytes.
+    pub fn kernel_socket(&self) -> Option<(&TcpStream, bool)> {
+        match self {
+            PeerStream::Ktls(k) => Some((k.tcp(), true)),
+            PeerStream::Plain(t) => Some((t, false)),
+            _ => None,
+        }
+    }
+
+    /// Plaintext received during the kTLS hand-over, to be forwarded before anything else.
+    pub fn take_prefix(&mut self) -> Vec<u8> {
+        match self {
+            PeerStream::Ktls(k) => k.take_prefix(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {
-            ClientStream::Ktls($s) => { let $s = Pin::new($s); $e }
-            ClientStream::Rustls($s) => { let $s = Pin::new($s.as_mut()); $e }
-            ClientStream::Plain($s) => { let $s = Pin::new($s); $e }
+            PeerStream::Ktls($s) => { let $s = Pin::new($s); $e }
+            PeerStream::Rustls($s) => { let $s = Pin::new($s.as_mut()); $e }
+            PeerStream::RustlsClient($s) => { let $s = Pin::new($s.as_mut()); $e }
+            PeerStream::Plain($s) => { let $s = Pin::new($s); $e }
         }
     };
 }
 
-impl AsyncRead for ClientStream {
+impl AsyncRead for PeerStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         delegate!(self, s => s.poll_read(cx, buf))
     }
 }
 
-impl AsyncWrite for ClientStream {
+impl AsyncWrite for PeerStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         delegate!(self, s => s.poll_write(cx, buf))
     }
@@ -199,9 +253,10 @@ impl AsyncWrite for ClientStream {
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            ClientStream::Ktls(s) => s.is_write_vectored(),
-            ClientStream::Rustls(s) => s.is_write_vectored(),
-            ClientStream::Plain(s) => s.is_write_vectored(),
+            PeerStream::Ktls(s) => s.is_write_vectored(),
+            PeerStream::Rustls(s) => s.is_write_vectored(),
+            PeerStream::RustlsClient(s) => s.is_write_vectored(),
+            PeerStream::Plain(s) => s.is_write_vectored(),
         }
     }
 

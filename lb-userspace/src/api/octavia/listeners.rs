@@ -34,6 +34,7 @@ const UPDATABLE: &[&str] = &[
 /// Fields only a create takes (plus the nested `default_pool` of a fully populated create).
 const CREATE_ONLY: &[&str] = &["loadbalancer_id", "protocol", "protocol_port", "project_id", "tenant_id", "default_pool", "l7policies"];
 const HEADERS: &[&str] = &["X-Forwarded-For", "X-Forwarded-Port", "X-Forwarded-Proto"];
+use lb_common::model::SslHeaders;
 const MAX_TIMEOUT_MS: i64 = 24 * 3600 * 1000;
 
 pub fn fields() -> Vec<&'static str> {
@@ -136,10 +137,11 @@ fn insert_headers(v: &Value) -> Result<Map<String, Value>, OErr> {
             Value::String(s) if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false") => s.eq_ignore_ascii_case("true"),
             other => return Err(OErr::bad_request(format!("Invalid input for field/attribute insert_headers. {k}: '{other}' is not true or false."))),
         };
-        if !HEADERS.contains(&k.as_str()) {
+        if !HEADERS.contains(&k.as_str()) && !SslHeaders::NAMES.contains(&k.as_str()) {
             return Err(OErr::bad_request(format!(
-                "Invalid input for field/attribute insert_headers. {k} is not supported (supported: {}).",
-                HEADERS.join(", ")
+                "Invalid input for field/attribute insert_headers. {k} is not supported (supported: {}, {}).",
+                HEADERS.join(", "),
+                SslHeaders::NAMES.join(", ")
             )));
         }
         out.insert(k.clone(), Value::from(if on { "true" } else { "false" }));
@@ -157,8 +159,20 @@ fn validate(tx: &mut dyn Txn, s: &ApiState, l: &ListenerRec, lb: &LoadBalancerRe
     if !l.allowed_cidrs.is_empty() {
         return Err(OErr::bad_request("allowed_cidrs: not enforced by lbd yet (the XDP filter is pending); refusing rather than silently allowing every source"));
     }
-    if l.client_authentication != "NONE" || l.client_ca_tls_container_ref.is_some() || l.client_crl_container_ref.is_some() {
-        return Err(OErr::bad_request("client_authentication / client_ca_tls_container_ref / client_crl_container_ref: client certificate authentication is not supported by lbd yet"));
+    let terminated = l.protocol == "TERMINATED_HTTPS";
+    if let Some(h) = l.insert_headers.keys().find(|k| SslHeaders::NAMES.contains(&k.as_str())) {
+        if !terminated {
+            return Err(OErr::bad_request(format!("insert_headers: {h} is only valid on TERMINATED_HTTPS listeners, not {}.", l.protocol)));
+        }
+    }
+    if !terminated && (l.client_authentication != "NONE" || l.client_ca_tls_container_ref.is_some() || l.client_crl_container_ref.is_some()) {
+        return Err(OErr::bad_request(format!("client_authentication, client_ca_tls_container_ref and client_crl_container_ref are only valid on TERMINATED_HTTPS listeners, not {}.", l.protocol)));
+    }
+    if l.client_authentication != "NONE" && l.client_ca_tls_container_ref.is_none() {
+        return Err(OErr::bad_request(format!("client_authentication {}: a client_ca_tls_container_ref is required to verify client certificates.", l.client_authentication)));
+    }
+    if l.client_crl_container_ref.is_some() && l.client_ca_tls_container_ref.is_none() {
+        return Err(OErr::bad_request("client_crl_container_ref: a CRL needs client_ca_tls_container_ref."));
     }
     let w = World::load(tx)?;
     for other in w.listeners.iter().filter(|o| o.common.id != l.common.id && o.protocol_port == l.protocol_port) {
@@ -176,14 +190,19 @@ fn validate(tx: &mut dyn Txn, s: &ApiState, l: &ListenerRec, lb: &LoadBalancerRe
             return Err(OErr::conflict(format!("Pool {pool_id} is already the default pool of listener {}", other.common.id)));
         }
     }
-    let terminated = l.protocol == "TERMINATED_HTTPS";
     if terminated && l.default_tls_container_ref.is_none() {
         return Err(OErr::bad_request("An SNI or default certificate container reference must be provided for TERMINATED_HTTPS listeners."));
     }
     if !terminated && (l.default_tls_container_ref.is_some() || !l.sni_container_refs.is_empty()) {
         return Err(OErr::bad_request(format!("Certificate container references are not allowed on {} listeners.", l.protocol)));
     }
-    if let Some(tls) = desired::listener_tls(tx, &s.kek, l, Some(&l.common.project_id)).map_err(|e| OErr::bad_request(format!("Could not retrieve certificate: {e}")))? {
+    // A client CA stored while client_authentication is NONE is checked too, so it works when
+    // authentication is switched on later.
+    let mut check = l.clone();
+    if check.client_authentication == "NONE" && check.client_ca_tls_container_ref.is_some() {
+        check.client_authentication = "OPTIONAL".into();
+    }
+    if let Some(tls) = desired::listener_tls(tx, &s.kek, &check, Some(&l.common.project_id)).map_err(|e| OErr::bad_request(format!("Could not retrieve certificate: {e}")))? {
         crate::tls::config::server_config(&tls, false).map_err(|e| OErr::bad_request(e.to_string()))?;
     }
     Ok(())

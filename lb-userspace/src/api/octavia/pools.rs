@@ -20,6 +20,7 @@ use crate::api::auth::{Auth, Principal};
 use crate::api::error::Octavia;
 use crate::api::{ApiState, query_pairs};
 use crate::store::octavia::{HealthMonitorRec, ListenerRec, LoadBalancerRec, PENDING_UPDATE, PoolRec};
+use crate::desired;
 use crate::store::{Kind, Txn, TxnExt};
 
 type A = Auth<Octavia>;
@@ -82,8 +83,9 @@ fn apply(pool: &mut PoolRec, input: &Input) -> Result<(), OErr> {
     Ok(())
 }
 
-/// What lbd's data plane can do with a pool today; everything else is refused with the reason.
-fn validate(pool: &PoolRec) -> Result<(), OErr> {
+/// What lbd's data plane can do with a pool; everything else is refused with the reason. TLS
+/// references are resolved and the member TLS settings built now, so bad input is a 400 here.
+fn validate(tx: &mut dyn Txn, s: &ApiState, pool: &PoolRec) -> Result<(), OErr> {
     if !matches!(pool.protocol.as_str(), "HTTP" | "HTTPS" | "TCP") {
         return Err(OErr::bad_request(format!("protocol {}: lbd does not forward to {} pools yet (supported: HTTP, HTTPS, TCP)", pool.protocol, pool.protocol)));
     }
@@ -93,15 +95,32 @@ fn validate(pool: &PoolRec) -> Result<(), OErr> {
     if pool.session_persistence.is_some() {
         return Err(OErr::bad_request("session_persistence: not implemented by lbd yet"));
     }
-    if pool.tls_enabled || pool.tls_container_ref.is_some() || pool.ca_tls_container_ref.is_some() || pool.crl_container_ref.is_some() {
-        return Err(OErr::bad_request("tls_enabled / tls_container_ref / ca_tls_container_ref / crl_container_ref: TLS to members is not supported by lbd yet"));
+    if pool.crl_container_ref.is_some() && pool.ca_tls_container_ref.is_none() {
+        return Err(OErr::bad_request("crl_container_ref: a CRL needs ca_tls_container_ref (member certificates are only checked against a CA)"));
+    }
+    for version in &pool.tls_versions {
+        if desired::tls_version(version).is_none() {
+            return Err(OErr::bad_request(format!("Invalid input for field/attribute tls_versions. Value: '{version}'. lbd supports TLSv1.2 and TLSv1.3.")));
+        }
+    }
+    if let Some(name) = pool.common.tags.iter().find_map(|t| t.strip_prefix(desired::SERVER_NAME_TAG)) {
+        if rustls_pki_types::DnsName::try_from(name).is_err() {
+            return Err(OErr::bad_request(format!("tags: {}{name} is not a valid DNS name", desired::SERVER_NAME_TAG)));
+        }
+    }
+    // References are resolved even while tls_enabled is false, so they are usable when it is set.
+    let mut check = pool.clone();
+    check.tls_enabled = true;
+    let tls = desired::pool_tls(tx, &s.kek, &check, Some(&pool.common.project_id)).map_err(|e| OErr::bad_request(format!("Could not retrieve certificate: {e}")))?;
+    if let Some(tls) = tls {
+        crate::tls::client::member_tls(&tls, pool.protocol == "HTTP", false).map_err(|e| OErr::bad_request(e.to_string()))?;
     }
     Ok(())
 }
 
 /// A new pool on `lb` from `input`, stored, with its nested members and health monitor; made
 /// the default pool of `listener` when given.
-pub fn create_in(tx: &mut dyn Txn, p: &Principal, input: &Input, lb: &LoadBalancerRec, listener: Option<&mut ListenerRec>) -> Result<PoolRec, OErr> {
+pub fn create_in(tx: &mut dyn Txn, s: &ApiState, p: &Principal, input: &Input, lb: &LoadBalancerRec, listener: Option<&mut ListenerRec>) -> Result<PoolRec, OErr> {
     let mut pool = PoolRec {
         common: new_common(p, input)?,
         loadbalancer_id: lb.common.id.clone(),
@@ -118,7 +137,7 @@ pub fn create_in(tx: &mut dyn Txn, p: &Principal, input: &Input, lb: &LoadBalanc
     };
     pool.common.project_id = lb.common.project_id.clone();
     apply(&mut pool, input)?;
-    validate(&pool)?;
+    validate(tx, s, &pool)?;
     if let Some(l) = listener {
         if let Some(existing) = &l.default_pool_id {
             return Err(OErr::conflict(format!("Listener {} already has default pool {existing}.", l.common.id)));
@@ -151,7 +170,7 @@ pub fn create_nested_lb_children(tx: &mut dyn Txn, s: &ApiState, p: &Principal, 
     let mut by_name: HashMap<String, String> = HashMap::new();
     for pv in input.objects("pools")? {
         let pi = Input::from_value(pv, "pools", &fields())?;
-        let pool = create_in(tx, p, &pi, lb, None)?;
+        let pool = create_in(tx, s, p, &pi, lb, None)?;
         by_name.insert(pool.common.name.clone(), pool.common.id.clone());
     }
     for lv in input.objects("listeners")? {
@@ -173,7 +192,7 @@ pub fn create_nested_lb_children(tx: &mut dyn Txn, s: &ApiState, p: &Principal, 
             }
             Some(pool) => {
                 let pi = Input::from_value(pool, "default_pool", &fields())?;
-                create_in(tx, p, &pi, lb, Some(&mut l))?;
+                create_in(tx, s, p, &pi, lb, Some(&mut l))?;
             }
         }
     }
@@ -195,7 +214,7 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> R
             (None, None) => return Err(OErr::bad_request("Either listener_id or loadbalancer_id must be specified.")),
         };
         let lb = lock_lb(tx, &p, &lb_id)?;
-        let pool = create_in(tx, &p, &input, &lb, listener.as_mut())?;
+        let pool = create_in(tx, &s, &p, &input, &lb, listener.as_mut())?;
         tracing::info!(pool = %pool.common.id, "pool created");
         Ok(render::pool(&World::load(tx)?, &pool))
     })?;
@@ -223,7 +242,7 @@ async fn update(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<St
         lock_lb(tx, &p, &pool.loadbalancer_id)?;
         update_common(&mut pool.common, &input)?;
         apply(&mut pool, &input)?;
-        validate(&pool)?;
+        validate(tx, &s, &pool)?;
         tx.put(Kind::Pool, &id, &pool)?;
         Ok(render::pool(&World::load(tx)?, &pool))
     })?;
