@@ -86,6 +86,7 @@ pub mod bulk;
 pub mod client;
 pub mod fixture;
 pub mod lbd;
+pub mod peers;
 pub mod pki;
 
 /// The value of the Prometheus sample `series` (name with labels, exactly as exposed), 0 if absent.

@@ -454,3 +454,80 @@ async fn rotating_the_certificate_keeps_open_connections_working() {
     assert_eq!(get_and_close(&mut tls, 1000).await, "ok 1000");
     assert_record_path(&before, &daemon, 2).await;
 }
+
+/// lbd "A" under test terminates the client and opens mTLS to its member, which is a second
+/// data plane "B" (userspace TLS, so the kernel counters are A's alone) that requires A's client
+/// certificate and forwards to the bulk backend. A offloads both legs; raw mode splices between
+/// two kTLS sockets (the kernel decrypts from one and encrypts into the other), and B's TLS 1.3
+/// NewSessionTickets arriving on A's offloaded member socket are skipped, not fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_members_is_offloaded_on_both_legs_in_raw_and_http_modes() {
+    use lb_tests::pki::Ca;
+    let _serial = serial();
+    let n = bulk_bytes() / 16;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "member ca");
+    let b_cert = ca.issue("member b", 2, &["127.0.0.1"]);
+    let a_client = ca.issue("lbd a", 3, &["lbd-a.internal"]);
+    let member_tls = PoolTls {
+        ca_certificates: Some(vec![ca.der()]),
+        crls: vec![],
+        client_certificate: Some(a_client.bundle()),
+        server_name: None,
+        tls_versions: vec![],
+        tls_ciphers: vec![],
+        alpn_protocols: vec![],
+    };
+    let b_listener = ListenerTls {
+        client_auth: Some(ClientAuth { mode: ClientAuthMode::Mandatory, ca_certificates: vec![ca.der()], crls: vec![] }),
+        ..tls_settings(b_cert.bundle(), vec![])
+    };
+
+    for (mode, pool) in [("raw", PoolProtocol::Tcp), ("http", PoolProtocol::Http)] {
+        let backend = if pool == PoolProtocol::Tcp { bulk::raw_backend().await } else { (bulk::http_backend().await, tokio::sync::mpsc::unbounded_channel().1) };
+        let (backend, mut reports) = backend;
+        let (_b, b_port) = serve(Daemon::start(KtlsMode::Off), &[backend], b_listener.clone(), pool).await;
+        let b_addr: std::net::SocketAddr = format!("127.0.0.1:{b_port}").parse().unwrap();
+        let a = Daemon::start(KtlsMode::Auto);
+        let a_port = free_port();
+        let mut state = lb_tests::fixture::state(a_port, &[b_addr], tls_with(dir.path(), vec![], &[]), pool);
+        state.load_balancers[0].pools[0].tls = Some(member_tls.clone());
+        let report = a.apply(&state).await;
+        assert_eq!((report.listeners["l1"].clone(), report.pools["p1"].clone()), (Ok(()), Ok(())));
+        let before = kernel_snapshot();
+
+        if mode == "raw" {
+            let cfg = client::config(&[&rustls::version::TLS13], Some(vec![cs::TLS13_AES_128_GCM_SHA256]), &[]);
+            let tls = client::connect(a_port, "a.example", cfg).await.unwrap();
+            let (mut r, mut w) = tokio::io::split(tls);
+            let writer = tokio::spawn(async move {
+                w.write_all(&bulk::raw_header(n, 42)).await?;
+                bulk::write_stream(&mut w, 42, n).await?;
+                w.shutdown().await
+            });
+            let download = bulk::read_stream(&mut r, 43).await.expect("download ends with close_notify");
+            writer.await.unwrap().unwrap();
+            assert_eq!(download.verdict(), format!("ok {n}"), "{mode}");
+            let report = reports.recv().await.unwrap();
+            assert_eq!((report.upload, report.error), (format!("ok {n}"), None), "{mode}");
+        } else {
+            let d = dir.path().to_path_buf();
+            blocking(move || curl_up_and_down(a_port, &d, n as usize)).await;
+        }
+
+        let m = a.metrics.encode();
+        match &before {
+            Some(b) => {
+                // A's client socket and A's member socket: two TX and two RX installs.
+                assert_offloaded(b, 2).await;
+                assert_eq!(metric(&m, KTLS_INSTALLED), 1.0, "{mode}: {m}");
+                assert_eq!(metric(&m, r#"lb_member_tls_connections_total{pool="p1",offload="ktls",reason="installed"}"#), 1.0, "{mode}: {m}");
+            }
+            None => assert_eq!(
+                metric(&m, r#"lb_member_tls_connections_total{pool="p1",offload="userspace",reason="kernel_without_ktls"}"#),
+                1.0,
+                "{mode}: {m}"
+            ),
+        }
+    }
+}

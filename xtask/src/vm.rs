@@ -35,8 +35,14 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /etc/lb-modules); do modprobe "$m" 2>/dev/null || echo "lb-vm: module $m not loaded"; done
 xfer=$(sed -n 's/.*lb_xfer=\([^ ]*\).*/\1/p' /proc/cmdline)
-mkdir -p /host
+keep=$(sed -n 's/.*lb_keep=\([^ ]*\).*/\1/p' /proc/cmdline)
+mkdir -p /host /hosttmp
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host || echo "lb-vm: no host root"
+# The guest gets a fresh writable /tmp; a workspace that lives under the host's /tmp (a CI clone)
+# stays visible through a bind mount of the host's copy.
+mount -o bind /host/tmp /hosttmp
+mount -t tmpfs tmp /host/tmp
+case "$keep" in /tmp/?*) rel=${keep#/tmp/}; mkdir -p "/host/tmp/$rel"; mount -o bind "/hosttmp/$rel" "/host/tmp/$rel" ;; esac
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 xfer "/host$xfer" || echo "lb-vm: no exchange dir"
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
@@ -44,7 +50,6 @@ mount -t devtmpfs dev /host/dev
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs shm /host/dev/shm
-mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
 mount -t bpf bpf /host/sys/fs/bpf
 ip link set lo up
@@ -223,7 +228,11 @@ pub fn run_in_guest(argv: &[String], env: &[(&str, &str)], timeout: Duration) ->
         .arg("-initrd")
         .arg(&initrd)
         .arg("-append")
-        .arg(format!("console=ttyS0 quiet loglevel=3 panic=-1 lb_xfer={}", xfer.display()))
+        .arg(format!(
+            "console=ttyS0 quiet loglevel=3 panic=-1 lb_xfer={} lb_keep={}",
+            xfer.display(),
+            workspace_root().canonicalize()?.display()
+        ))
         .arg("-virtfs")
         .arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
         .arg("-virtfs")

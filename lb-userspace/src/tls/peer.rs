@@ -76,3 +76,42 @@ pub fn headers(on: &lb_common::model::SslHeaders, cert: Option<&ClientCert>) -> 
     ];
     on.named().into_iter().zip(values).filter_map(|((name, enabled), v)| enabled.then_some(v).flatten().map(|v| (name, v))).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::model::SslHeaders;
+
+    #[test]
+    fn without_a_certificate_only_verify_and_has_cert_are_set() {
+        let all = SslHeaders {
+            client_verify: true,
+            client_has_cert: true,
+            client_dn: true,
+            client_cn: true,
+            issuer: true,
+            client_sha1: true,
+            client_not_before: true,
+            client_not_after: true,
+        };
+        assert_eq!(headers(&all, None), vec![("X-SSL-Client-Verify", "0".to_string()), ("X-SSL-Client-Has-Cert", "0".to_string())]);
+        let only_cn = SslHeaders { client_cn: true, ..SslHeaders::default() };
+        let cert = ClientCert {
+            subject_dn: "/O=x/CN=a \"quoted\" name".into(),
+            subject_cn: "a \"quoted\" name".into(),
+            issuer_dn: "/CN=ca".into(),
+            sha1: "00".into(),
+            not_before: "200101000000Z".into(),
+            not_after: "20600630000000Z".into(),
+        };
+        assert_eq!(headers(&only_cn, Some(&cert)), vec![("X-SSL-Client-CN", r#""a \"quoted\" name""#.to_string())]);
+    }
+
+    #[test]
+    fn asn1_times_use_utctime_before_2050_and_generalizedtime_after() {
+        let t = |y, m, d| ASN1Time::new(::time::Date::from_calendar_date(y, m, d).unwrap().midnight().assume_utc());
+        assert_eq!(asn1_time(&t(2020, ::time::Month::January, 1)), "200101000000Z");
+        assert_eq!(asn1_time(&t(2060, ::time::Month::June, 30)), "20600630000000Z");
+        assert_eq!(asn1_time(&t(1975, ::time::Month::March, 2)), "750302000000Z");
+    }
+}

@@ -268,3 +268,25 @@ impl AsyncWrite for PeerStream {
         delegate!(self, s => s.poll_shutdown(cx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u8, body_len: usize) -> Vec<u8> {
+        let mut m = vec![kind, 0, (body_len >> 8) as u8, body_len as u8];
+        m.resize(4 + body_len, 0xAB);
+        m
+    }
+
+    #[test]
+    fn new_session_tickets_are_skipped_key_updates_and_others_end_the_connection() {
+        assert_eq!(post_handshake(&message(4, 180)), Ok(()));
+        assert_eq!(post_handshake(&[message(4, 100), message(4, 90)].concat()), Ok(()));
+        assert_eq!(post_handshake(&message(24, 1)), Err(ControlRecordError::KeyUpdate));
+        assert_eq!(post_handshake(&[message(4, 10), message(24, 1)].concat()), Err(ControlRecordError::KeyUpdate));
+        assert_eq!(post_handshake(&message(13, 5)), Err(ControlRecordError::UnexpectedHandshake(13)));
+        assert_eq!(post_handshake(&message(4, 10)[..8]), Err(ControlRecordError::UnexpectedHandshake(4)), "truncated");
+        assert_eq!(post_handshake(&[]), Err(ControlRecordError::UnexpectedHandshake(0)));
+    }
+}
