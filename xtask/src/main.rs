@@ -46,6 +46,17 @@ enum Cmd {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
+    /// Comparative benchmark (lbd vs HAProxy vs nginx vs a plain TCP proxy) on this host:
+    /// target/bench/REPORT.md and efficiency.svg.
+    Bench {
+        /// A smoke run (< 3 minutes, debug build): checks the harness, not the numbers.
+        #[arg(long)]
+        quick: bool,
+        /// Run only this scenario (bulk-1m-c1, bulk-1m-c64, bulk-64m-c1, small-1k-h1,
+        /// small-1k-h2, handshake-full, handshake-resumed, idle-conns).
+        #[arg(long)]
+        scenario: Option<String>,
+    },
     /// setup + test + vm-test.
     Ci,
 }
@@ -67,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test => test(),
         Cmd::VmTest { timeout, args } => std::process::exit(vm_test(&args, Duration::from_secs(timeout))?),
         Cmd::VmRun { timeout, argv } => std::process::exit(vm::run_in_guest(&argv, &[], Duration::from_secs(timeout))?),
+        Cmd::Bench { quick, scenario } => bench(quick, scenario.as_deref()),
         Cmd::Ci => {
             setup()?;
             test()?;
@@ -206,6 +218,27 @@ fn build_ebpf() -> anyhow::Result<()> {
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO"))
+}
+
+/// Builds lbd and the harness (release, or debug for `--quick`) and runs the harness.
+fn bench(quick: bool, scenario: Option<&str>) -> anyhow::Result<()> {
+    let profile = if quick { "debug" } else { "release" };
+    let mut build = Command::new("cargo");
+    build.args(["build", "--locked", "-p", "lb-userspace", "--bin", "lbd", "-p", "lb-benches", "--bin", "lb-bench"]);
+    if !quick {
+        build.arg("--release");
+    }
+    run(build.current_dir(workspace_root()))?;
+    let target = workspace_root().join("target").join(profile);
+    let mut cmd = Command::new(target.join("lb-bench"));
+    cmd.arg("--lbd").arg(target.join("lbd")).arg("--out").arg(workspace_root().join("target/bench"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    if let Some(s) = scenario {
+        cmd.args(["--scenario", s]);
+    }
+    run(&mut cmd)
 }
 
 fn test() -> anyhow::Result<()> {

@@ -105,7 +105,7 @@ async fn forward(
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let member = checkout.member.clone();
     let mut sender = checkout.sender;
-    let first = send(&mut sender, head.build(body)).await;
+    let first = send(&mut sender, head.build(body, member.addr)).await;
     let response = match first {
         // A reused connection the member closed while idle: safe to replay a bodiless request once.
         Err(SendError::Closed(_)) if checkout.reused && replayable => {
@@ -113,7 +113,7 @@ async fn forward(
                 .open_http(&member, (rt.timeouts.member_connect, rt.timeouts.member_data))
                 .await
                 .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("member {}: {e}", member.addr)))?;
-            send(&mut sender, head.build(Either::Right(Empty::new()))).await
+            send(&mut sender, head.build(Either::Right(Empty::new()), member.addr)).await
         }
         other => other,
     };
@@ -214,12 +214,19 @@ impl RequestHead {
         RequestHead { method: parts.method.clone(), uri, headers }
     }
 
-    fn build(&self, body: UpBody) -> Request<UpBody> {
+    /// The request for `member`. HTTP/1.1 requires a Host header: an HTTP/1.0 client that sent
+    /// none gets the member's address, as a proxy_pass to an address would send.
+    fn build(&self, body: UpBody, member: SocketAddr) -> Request<UpBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(&member.to_string()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
         req
     }
 }

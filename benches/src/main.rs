@@ -1,0 +1,48 @@
+//! `lb-bench`: the comparative benchmark behind `cargo xtask bench`. It starts a backend and
+//! every contender (lbd, HAProxy, nginx, a plain TCP proxy), runs each scenario against each
+//! contender in turn (interleaved, repeated), measures the server's CPU time from /proc and the
+//! load generator's own CPU, and writes `target/bench/REPORT.md` and `target/bench/*.svg`.
+//!
+//! Usage: `lb-bench --lbd PATH --out DIR [--quick] [--scenario NAME]`.
+
+mod load;
+mod procs;
+mod report;
+mod scenarios;
+mod servers;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("failed to run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (mut lbd, mut out, mut quick, mut only) = (None, PathBuf::from("target/bench"), false, None);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--lbd" => lbd = args.next().map(PathBuf::from),
+            "--out" => out = args.next().map(PathBuf::from).context("--out DIR")?,
+            "--quick" => quick = true,
+            "--scenario" => only = args.next(),
+            other => bail!("unknown argument {other:?} (usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME])"),
+        }
+    }
+    let lbd = lbd.context("--lbd PATH (the release lbd binary)")?;
+    std::fs::create_dir_all(&out)?;
+    let nofile = procs::raise_nofile();
+    let plan = scenarios::Plan::new(quick, only.as_deref(), nofile)?;
+    let (samples, notes) = scenarios::run(&plan, &lbd)?;
+    let text = report::write(&out, &plan, &samples, &notes)?;
+    println!("{text}");
+    println!("report: {}", out.join("REPORT.md").display());
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Turning samples into `REPORT.md` (tables, environment, exact commands, key ratios) and an SVG
+//! chart of efficiency per server CPU-second relative to HAProxy.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::scenarios::{Plan, Sample};
+
+/// Median, min and max of a metric over repetitions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+fn stat(mut v: Vec<f64>) -> Stat {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return Stat::default();
+    }
+    Stat { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] }
+}
+
+/// Per (scenario, contender): throughput, work per server CPU-second, and the rest.
+struct Row {
+    throughput: Stat,
+    per_cpu: Stat,
+    cores: f64,
+    generator: f64,
+    latency: Option<(f64, f64, f64)>,
+    rss: f64,
+    rss_per_conn: f64,
+    count: f64,
+    errors: f64,
+}
+
+fn is_bulk(scenario: &str) -> bool {
+    scenario.starts_with("bulk")
+}
+
+fn rows(samples: &[Sample]) -> BTreeMap<(&'static str, &'static str), Row> {
+    let mut groups: BTreeMap<(&str, &str), Vec<&Sample>> = BTreeMap::new();
+    for s in samples {
+        groups.entry((s.scenario, s.contender)).or_default().push(s);
+    }
+    groups
+        .into_iter()
+        .map(|(key, ss)| {
+            let amount = |s: &Sample| if is_bulk(s.scenario) { s.load.bytes } else { s.load.requests };
+            let median = |f: &dyn Fn(&Sample) -> f64| stat(ss.iter().map(|s| f(s)).collect()).median;
+            let row = Row {
+                throughput: stat(ss.iter().map(|s| amount(s) / s.load.seconds.max(1e-9)).collect()),
+                per_cpu: stat(ss.iter().map(|s| amount(s) / s.server_cpu.max(1e-9)).collect()),
+                cores: median(&|s| s.server_cpu / s.load.seconds.max(1e-9)),
+                generator: median(&|s| s.generator_cpu / s.load.seconds.max(1e-9)),
+                latency: ss.iter().filter_map(|s| s.load.latency_ms).nth(ss.len() / 2).or_else(|| ss.iter().find_map(|s| s.load.latency_ms)),
+                rss: median(&|s| s.rss_after as f64),
+                rss_per_conn: median(&|s| (s.rss_after as f64 - s.rss_before as f64) / s.load.requests.max(1.0)),
+                count: median(&|s| s.load.requests),
+                errors: ss.iter().map(|s| s.load.errors).sum(),
+            };
+            (key, row)
+        })
+        .collect()
+}
+
+fn human(v: f64, bulk: bool) -> String {
+    if bulk { format!("{:.1} MB", v / 1e6) } else { format!("{v:.0}") }
+}
+
+/// Writes the report and chart; returns the printed summary.
+pub fn write(out: &Path, plan: &Plan, samples: &[Sample], notes: &[(String, String)]) -> anyhow::Result<String> {
+    let rows = rows(samples);
+    let env = &plan.env;
+    let mut md = String::new();
+    writeln!(md, "# lb benchmark report\n")?;
+    writeln!(md, "Mode: **{}**. Kernel {}, {} CPUs ({}), open-file limit {}.", if env.ktls { "native host with kTLS" } else { "native host without kTLS (lbd's userspace TLS path; the kTLS contenders cannot run here)" }, env.kernel, env.cpus, env.cpu_model, env.nofile)?;
+    writeln!(md, "Repetitions: {} × {} s per scenario and contender, interleaved. {}\n", plan.reps, plan.seconds, if plan.quick { "`--quick`: a smoke run, the numbers are not meant to be read." } else { "" })?;
+    writeln!(md, "Crypto limit: `openssl speed -elapsed -bytes 16384 -evp aes-128-gcm` = **{:.0} MB/s** on one core.\n", env.crypto_limit / 1e6)?;
+    writeln!(md, "All contenders: TLS 1.3, TLS_AES_128_GCM_SHA256, ECDSA P-256 certificate, loopback, same nginx backend (plain HTTP/1.1 keep-alive, static files). lbd runs with `--ktls off` (\"lbd\") and, where the kernel has kTLS, `--ktls auto` (\"lbd-ktls\"); HAProxy `mode http` with `nbthread 2`; nginx `worker_processes 2` proxying with keep-alive upstreams; `tcp-proxy` is HAProxy `mode tcp` without TLS (the ceiling). Everything shares the machine's {} CPUs with the load generator and the backend, so figures are per server CPU-second, and the generator's own CPU is shown (≥ 0.9 of its threads means the generator, not the server, was the limit).\n", env.cpus)?;
+    for (name, note) in notes {
+        writeln!(md, "- {name}: {note}")?;
+    }
+    writeln!(md)?;
+    for scenario in &plan.scenarios {
+        let bulk = is_bulk(scenario.name);
+        writeln!(md, "## {} — {}\n", scenario.name, scenario.what)?;
+        if scenario.name == "idle-conns" {
+            writeln!(md, "| contender | connections | RSS with the connections open | RSS per connection |\n|---|---|---|---|")?;
+        } else {
+            let unit = if bulk { "bytes/s" } else { "req/s" };
+            writeln!(md, "| contender | {unit} median (min–max) | server cores busy | {} per server CPU-second (min–max) | p50 / p99 / p99.9 ms | generator CPU (cores) | errors |\n|---|---|---|---|---|---|---|", if bulk { "bytes" } else { "requests" })?;
+        }
+        for ((s, c), r) in rows.iter().filter(|((s, _), _)| *s == scenario.name) {
+            let _ = s;
+            if scenario.name == "idle-conns" {
+                writeln!(md, "| {c} | {:.0} | {:.1} MiB | {:.1} KiB |", r.count, r.rss / 1048576.0, r.rss_per_conn / 1024.0)?;
+                continue;
+            }
+            let lat = r.latency.map(|(a, b, c)| format!("{a:.2} / {b:.2} / {c:.2}")).unwrap_or_else(|| "—".into());
+            writeln!(
+                md,
+                "| {c} | {} ({}–{}) | {:.2} | {} ({}–{}) | {lat} | {:.2} | {:.0} |",
+                human(r.throughput.median, bulk),
+                human(r.throughput.min, bulk),
+                human(r.throughput.max, bulk),
+                r.cores,
+                human(r.per_cpu.median, bulk),
+                human(r.per_cpu.min, bulk),
+                human(r.per_cpu.max, bulk),
+                r.generator,
+                r.errors
+            )?;
+        }
+        writeln!(md)?;
+    }
+
+    let ratio = |scenario: &str, a: &str, b: &str| -> Option<f64> {
+        Some(row(&rows, scenario, a)?.per_cpu.median / row(&rows, scenario, b)?.per_cpu.median)
+    };
+    let mut summary = String::from("Key ratios (per server CPU-second, medians):\n");
+    let bulk = ["bulk-1m-c64", "bulk-1m-c1", "bulk-64m-c1"].into_iter().find(|s| rows.keys().any(|(n, _)| n == s));
+    if let Some(b) = bulk {
+        for other in ["haproxy", "nginx"] {
+            if let Some(r) = ratio(b, "lbd", other) {
+                writeln!(summary, "- {b}: lbd / {other} = {r:.2}")?;
+            }
+        }
+        if let Some(r) = row(&rows, b, "lbd") {
+            writeln!(summary, "- {b}: lbd bytes per CPU-second / single-core crypto limit = {:.2}", r.per_cpu.median / env.crypto_limit)?;
+        }
+        match ratio(b, "lbd-ktls", "lbd") {
+            Some(r) => writeln!(summary, "- {b}: kTLS / userspace = {r:.2}")?,
+            None => writeln!(summary, "- kTLS / userspace: not measurable on this kernel (no kTLS)")?,
+        }
+    }
+    for s in ["handshake-full", "handshake-resumed", "small-1k-h1", "small-1k-h2"] {
+        for other in ["haproxy", "nginx"] {
+            if let Some(r) = ratio(s, "lbd", other) {
+                writeln!(summary, "- {s}: lbd / {other} = {r:.2}")?;
+            }
+        }
+    }
+    if let (Some(l), Some(h)) = (rows.get(&("small-1k-h1", "lbd")), rows.get(&("small-1k-h1", "haproxy"))) {
+        if let (Some(a), Some(b)) = (l.latency, h.latency) {
+            writeln!(summary, "- small-1k-h1 p99 at full load: lbd {:.2} ms, haproxy {:.2} ms", a.1, b.1)?;
+        }
+    }
+    if let Some(r) = rows.get(&("idle-conns", "lbd")) {
+        writeln!(summary, "- idle-conns: lbd RSS {:.1} MiB with {:.0} connections, {:.1} KiB per connection", r.rss / 1048576.0, r.count, r.rss_per_conn / 1024.0)?;
+    }
+    writeln!(md, "## Key ratios\n\n{}", summary.lines().skip(1).collect::<Vec<_>>().join("\n"))?;
+    writeln!(md, "\n![per CPU-second relative to HAProxy](efficiency.svg)\n")?;
+    writeln!(md, "## Reproduce\n\n```sh\ncargo xtask bench{}\n```\n", if plan.quick { " --quick" } else { "" })?;
+    writeln!(md, "Generators: `wrk -t T -c C -d {s}s` (latency percentiles from its Lua `done` hook), `h2load -c 16 -m 10 -D {s}`, `openssl s_time -new|-reuse -time {s} -www /1k`, and a rustls client holding idle connections. Server CPU: utime+stime of every process of the contender from /proc/PID/stat, before and after.", s = plan.seconds)?;
+    std::fs::write(out.join("REPORT.md"), &md)?;
+    chart(&out.join("efficiency.svg"), plan, &rows)?;
+    Ok(summary)
+}
+
+fn row<'a>(rows: &'a BTreeMap<(&'static str, &'static str), Row>, scenario: &str, contender: &str) -> Option<&'a Row> {
+    rows.iter().find(|((s, c), _)| *s == scenario && *c == contender).map(|(_, r)| r)
+}
+
+fn chart(path: &Path, plan: &Plan, rows: &BTreeMap<(&'static str, &'static str), Row>) -> anyhow::Result<()> {
+    let scenarios: Vec<&str> = plan.scenarios.iter().map(|s| s.name).filter(|n| *n != "idle-conns").collect();
+    let contenders = ["lbd", "lbd-ktls", "haproxy", "nginx", "tcp-proxy"];
+    let colors = [RGBColor(0x1f, 0x77, 0xb4), RGBColor(0x2c, 0xa0, 0x2c), RGBColor(0xd6, 0x27, 0x28), RGBColor(0x94, 0x67, 0xbd), RGBColor(0x7f, 0x7f, 0x7f)];
+    let value = |s: &str, c: &str| -> Option<f64> { Some(row(rows, s, c)?.per_cpu.median / row(rows, s, "haproxy")?.per_cpu.median) };
+    let ymax = scenarios.iter().flat_map(|s| contenders.iter().filter_map(move |c| value(s, c))).fold(1.0f64, f64::max) * 1.15;
+    let root = SVGBackend::new(path, (960, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Work per server CPU-second, relative to HAProxy (higher is better)", ("sans-serif", 20))
+        .margin(12)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..scenarios.len() as f64, -ymax * 0.08..ymax)?;
+    chart.configure_mesh().disable_x_mesh().x_labels(0).y_desc("× HAProxy").draw()?;
+    let width = 0.8 / contenders.len() as f64;
+    for (i, c) in contenders.iter().enumerate() {
+        let bars: Vec<(f64, f64)> = scenarios.iter().enumerate().filter_map(|(g, s)| value(s, c).map(|v| (g as f64 + 0.1 + i as f64 * width, v))).collect();
+        if bars.is_empty() {
+            continue;
+        }
+        let color = colors[i];
+        chart
+            .draw_series(bars.into_iter().map(move |(x, v)| Rectangle::new([(x, 0.0), (x + width * 0.9, v)], color.filled())))?
+            .label(*c)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart.draw_series(scenarios.iter().enumerate().map(|(g, s)| Text::new(s.to_string(), (g as f64 + 0.15, -ymax * 0.03), ("sans-serif", 14))))?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}

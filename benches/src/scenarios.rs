@@ -1,0 +1,192 @@
+//! The scenarios, the contenders, and the measurement loop: for each repetition, for each
+//! scenario, for each contender (interleaved, never in blocks), run the load and record the
+//! server's CPU seconds and memory and the generator's own CPU.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::load::{self, Load};
+use crate::procs;
+use crate::servers::{self, Server};
+
+pub enum Kind {
+    /// wrk over HTTP/1.1 keep-alive (or a new connection per request with `Connection: close`).
+    Wrk { path: &'static str, threads: u32, conns: u32, close: bool },
+    /// h2load over h2.
+    H2 { path: &'static str, conns: u32, streams: u32 },
+    /// openssl s_time handshakes.
+    STime { resumed: bool },
+    /// Idle TLS connections held open; memory is what is measured.
+    Idle { n: usize },
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub kind: Kind,
+}
+
+impl Scenario {
+    /// Whether the plain TCP proxy (no TLS) can run it.
+    pub fn plain_ok(&self) -> bool {
+        matches!(self.kind, Kind::Wrk { close: false, .. })
+    }
+}
+
+/// Facts about where the run happens.
+pub struct Env {
+    pub kernel: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub ktls: bool,
+    /// Single-core `openssl speed -evp aes-128-gcm` at 16 KiB, bytes per second.
+    pub crypto_limit: f64,
+    pub nofile: u64,
+}
+
+pub struct Plan {
+    pub quick: bool,
+    pub reps: usize,
+    pub seconds: u32,
+    pub scenarios: Vec<Scenario>,
+    pub env: Env,
+}
+
+impl Plan {
+    pub fn new(quick: bool, only: Option<&str>, nofile: u64) -> anyhow::Result<Plan> {
+        let idle = if quick { 500 } else { (servers::max_connections() as usize - 100).min(10_000) };
+        let all = vec![
+            Scenario { name: "bulk-1m-c1", what: "download 1 MiB bodies, 1 connection, HTTP/1.1 keep-alive", kind: Kind::Wrk { path: "/1m", threads: 1, conns: 1, close: false } },
+            Scenario { name: "bulk-1m-c64", what: "download 1 MiB bodies, 64 connections", kind: Kind::Wrk { path: "/1m", threads: 2, conns: 64, close: false } },
+            Scenario { name: "bulk-64m-c1", what: "download 64 MiB bodies, 1 connection", kind: Kind::Wrk { path: "/64m", threads: 1, conns: 1, close: false } },
+            Scenario { name: "small-1k-h1", what: "1 KiB responses, 64 keep-alive HTTP/1.1 connections", kind: Kind::Wrk { path: "/1k", threads: 2, conns: 64, close: false } },
+            Scenario { name: "small-1k-h2", what: "1 KiB responses, h2, 16 connections x 10 streams", kind: Kind::H2 { path: "/1k", conns: 16, streams: 10 } },
+            Scenario { name: "handshake-full", what: "new TLS 1.3 connection per request (ECDSA P-256, full handshake), openssl s_time -new", kind: Kind::STime { resumed: false } },
+            Scenario { name: "handshake-resumed", what: "resumed TLS 1.3 sessions, openssl s_time -reuse", kind: Kind::STime { resumed: true } },
+            Scenario { name: "idle-conns", what: "idle TLS connections held open (memory; count in the table)", kind: Kind::Idle { n: idle } },
+        ];
+        let quick_set = ["bulk-1m-c1", "small-1k-h1", "handshake-full", "idle-conns"];
+        let scenarios: Vec<Scenario> = all
+            .into_iter()
+            .filter(|s| only.map_or(!quick || quick_set.contains(&s.name), |o| o == s.name))
+            .collect();
+        anyhow::ensure!(!scenarios.is_empty(), "no scenario named {only:?}");
+        let env = Env {
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpu_model: std::fs::read_to_string("/proc/cpuinfo")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+                .unwrap_or_default(),
+            ktls: Path::new("/proc/net/tls_stat").exists(),
+            crypto_limit: crypto_limit(if quick { 1 } else { 3 })?,
+            nofile,
+        };
+        Ok(Plan { quick, reps: if quick { 1 } else { 3 }, seconds: if quick { 2 } else { 8 }, scenarios, env })
+    }
+}
+
+fn crypto_limit(seconds: u32) -> anyhow::Result<f64> {
+    let out = Command::new("openssl")
+        .args(["speed", "-elapsed", "-seconds", &seconds.to_string(), "-bytes", "16384", "-evp", "aes-128-gcm"])
+        .output()
+        .context("failed to run openssl speed")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let k: f64 = text
+        .lines()
+        .rev()
+        .find(|l| l.to_ascii_uppercase().starts_with("AES-128-GCM"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.trim_end_matches('k').parse().ok())
+        .with_context(|| format!("openssl speed output: {text}"))?;
+    Ok(k * 1000.0)
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub scenario: &'static str,
+    pub contender: &'static str,
+    pub load: Load,
+    pub server_cpu: f64,
+    pub generator_cpu: f64,
+    pub rss_before: u64,
+    pub rss_after: u64,
+}
+
+/// Starts everything, runs the plan, stops everything.
+pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Vec<(String, String)>)> {
+    let dir = tempdir()?;
+    let certs = servers::certs(&dir)?;
+    let backend = servers::backend(&dir.join("backend"))?;
+    let mut contenders: Vec<Server> = vec![servers::lbd(lbd, &dir, &certs.p12, backend.port, false)?];
+    if plan.env.ktls {
+        contenders.push(servers::lbd(lbd, &dir, &certs.p12, backend.port, true)?);
+    }
+    contenders.push(servers::haproxy(&dir, Some(&certs.pem), backend.port)?);
+    contenders.push(servers::nginx_tls(&dir.join("nginx"), &certs.cert, &certs.key, backend.port)?);
+    contenders.push(servers::haproxy(&dir, None, backend.port)?);
+    let notes = contenders.iter().filter(|c| !c.note.is_empty()).map(|c| (c.name.to_string(), c.note.clone())).collect();
+
+    let mut samples = Vec::new();
+    for rep in 0..plan.reps {
+        for scenario in &plan.scenarios {
+            for c in &contenders {
+                let plain = c.name == "tcp-proxy";
+                if plain && !scenario.plain_ok() {
+                    continue;
+                }
+                let sample = measure(plan, scenario, c, plain, &dir).with_context(|| format!("{} against {}", scenario.name, c.name))?;
+                eprintln!(
+                    "rep {} {:>18} {:>10}: {:>10.1} MB/s {:>9.0} req/s, server CPU {:.2}s, generator CPU {:.2}s",
+                    rep + 1,
+                    scenario.name,
+                    c.name,
+                    sample.load.bytes / sample.load.seconds.max(1e-9) / 1e6,
+                    sample.load.requests / sample.load.seconds.max(1e-9),
+                    sample.server_cpu,
+                    sample.generator_cpu
+                );
+                samples.push(sample);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((samples, notes))
+}
+
+fn measure(plan: &Plan, scenario: &Scenario, c: &Server, plain: bool, dir: &Path) -> anyhow::Result<Sample> {
+    let scheme = if plain { "http" } else { "https" };
+    let pids = c.pids();
+    let rss_before = procs::rss_bytes(&pids);
+    let (cpu0, gen0, t0) = (procs::cpu_seconds(&pids), procs::children_cpu_seconds(), Instant::now());
+    let mut held = None;
+    let load = match &scenario.kind {
+        Kind::Wrk { path, threads, conns, close } => {
+            let headers: &[&str] = if *close { &["Connection: close"] } else { &[] };
+            load::wrk(dir, &format!("{scheme}://127.0.0.1:{}{path}", c.port), *threads, *conns, plan.seconds, headers)?
+        }
+        Kind::H2 { path, conns, streams } => load::h2load(&format!("https://127.0.0.1:{}{path}", c.port), *conns, *streams, plan.seconds)?,
+        Kind::STime { resumed } => load::s_time(c.port, *resumed, plan.seconds)?,
+        Kind::Idle { n } => {
+            held = Some(load::idle_connections(c.port, *n)?);
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            Load { requests: *n as f64, bytes: 0.0, seconds: t0.elapsed().as_secs_f64(), errors: 0.0, latency_ms: None }
+        }
+    };
+    let server_cpu = procs::cpu_seconds(&c.pids()) - cpu0;
+    let generator_cpu = procs::children_cpu_seconds() - gen0;
+    let rss_after = procs::rss_bytes(&c.pids());
+    drop(held);
+    Ok(Sample { scenario: scenario.name, contender: c.name, load, server_cpu, generator_cpu, rss_before, rss_after })
+}
+
+fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("lb-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

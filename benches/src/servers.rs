@@ -1,0 +1,211 @@
+//! The processes a benchmark run starts: the HTTP backend every contender forwards to (Debian's
+//! nginx, plain HTTP, static files) and the contenders themselves, all on loopback with the same
+//! certificate (ECDSA P-256) and the same TLS policy (TLS 1.3, TLS_AES_128_GCM_SHA256).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::procs;
+
+/// A running server process group, killed when dropped.
+pub struct Server {
+    pub name: &'static str,
+    pub port: u16,
+    child: Child,
+    /// What the run should know about this contender (e.g. whether nginx's kTLS took effect).
+    pub note: String,
+}
+
+impl Server {
+    fn spawn(name: &'static str, port: u16, cmd: &mut Command) -> anyhow::Result<Server> {
+        let child = cmd.process_group(0).stdin(Stdio::null()).spawn().with_context(|| format!("failed to run {cmd:?}"))?;
+        let s = Server { name, port, child, note: String::new() };
+        s.wait_listening()?;
+        Ok(s)
+    }
+
+    fn wait_listening(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("{} did not listen on port {}", self.name, self.port);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// The server's processes (master and workers).
+    pub fn pids(&self) -> Vec<u32> {
+        procs::tree(self.child.id())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Connections each server is configured for: what the open-file limit allows a proxy (two
+/// descriptors per connection), at most 40000.
+pub fn max_connections() -> u64 {
+    ((procs::nofile().saturating_sub(200)) / 2).min(40_000)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn nginx(name: &'static str, dir: &Path, http_block: &str) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2; worker_rlimit_nofile {nofile}; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 32768; }}\n\
+             http {{ access_log off; keepalive_requests 1000000; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;\n\
+               fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n{http_block}\n}}\n",
+            d = dir.display(),
+            nofile = procs::nofile()
+        ),
+    )?;
+    let port = http_block.split("listen 127.0.0.1:").nth(1).and_then(|r| r.split([' ', ';']).next()).and_then(|p| p.parse().ok()).context("port")?;
+    Server::spawn(name, port, Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")))
+}
+
+/// The backend: nginx serving `/1k`, `/1m`, `/64m` over plain HTTP/1.1 keep-alive.
+pub fn backend(dir: &Path) -> anyhow::Result<Server> {
+    let root = dir.join("www");
+    std::fs::create_dir_all(&root)?;
+    for (name, size) in [("1k", 1 << 10), ("1m", 1 << 20), ("64m", 64 << 20)] {
+        std::fs::write(root.join(name), vec![b'x'; size])?;
+    }
+    let port = free_port();
+    nginx("backend", dir, &format!("server {{ listen 127.0.0.1:{port} reuseport; root {}; location / {{ }} }}", root.display()))
+}
+
+/// nginx terminating TLS and proxying to the backend, with `ssl_conf_command Options KTLS`.
+pub fn nginx_tls(dir: &Path, cert: &Path, key: &Path, backend: u16) -> anyhow::Result<Server> {
+    let port = free_port();
+    let mut s = nginx(
+        "nginx",
+        dir,
+        &format!(
+            "upstream b {{ server 127.0.0.1:{backend}; keepalive 128; }}\n\
+             server {{ listen 127.0.0.1:{port} ssl http2; ssl_certificate {c}; ssl_certificate_key {k};\n\
+               ssl_protocols TLSv1.3; ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256; ssl_conf_command Options KTLS;\n\
+               ssl_session_cache shared:S:10m;\n\
+               location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }} }}",
+            c = cert.display(),
+            k = key.display()
+        ),
+    )?;
+    s.note = if std::path::Path::new("/proc/net/tls_stat").exists() {
+        "ssl_conf_command Options KTLS set; the kernel has kTLS (see /proc/net/tls_stat deltas)".into()
+    } else {
+        "ssl_conf_command Options KTLS set but not in effect: this kernel has no kTLS".into()
+    };
+    Ok(s)
+}
+
+/// HAProxy terminating TLS in `mode http` (or plain `mode tcp` without TLS: the ceiling).
+pub fn haproxy(dir: &Path, pem: Option<&Path>, backend: u16) -> anyhow::Result<Server> {
+    let port = free_port();
+    let (name, mode, bind) = match pem {
+        Some(pem) => ("haproxy", "http", format!("bind 127.0.0.1:{port} ssl crt {} alpn h2,http/1.1", pem.display())),
+        None => ("tcp-proxy", "tcp", format!("bind 127.0.0.1:{port}")),
+    };
+    let conf = dir.join(format!("{name}.cfg"));
+    std::fs::write(
+        &conf,
+        format!(
+            "global\n  nbthread 2\n  maxconn {maxconn}\n  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n\
+             defaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
+             frontend f\n  {bind}\n  default_backend b\n\
+             backend b\n  server s1 127.0.0.1:{backend} maxconn 10000\n",
+            maxconn = max_connections()
+        ),
+    )?;
+    Server::spawn(name, port, Command::new("haproxy").arg("-db").arg("-f").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()))
+}
+
+/// lbd, configured through its own API (Barbican PKCS#12 secret, a fully populated Octavia load
+/// balancer), TLS 1.3 AES-128-GCM; `ktls` false runs it with `--ktls off` (userspace rustls).
+pub fn lbd(bin: &Path, dir: &Path, p12: &Path, backend: u16, ktls: bool) -> anyhow::Result<Server> {
+    let api = free_port();
+    let state = dir.join(if ktls { "lbd-ktls" } else { "lbd-user" });
+    let name = if ktls { "lbd-ktls" } else { "lbd" };
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--api-listen", &format!("127.0.0.1:{api}"), "--ktls", if ktls { "auto" } else { "off" }])
+        .env("LBD_STATE_DIR", &state)
+        .env("LBD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?);
+    let mut server = Server::spawn(name, api, &mut cmd)?;
+    let password = std::fs::read_to_string(state.join("admin-password")).context("lbd admin password")?;
+    let url = format!("http://127.0.0.1:{api}");
+    let token = token(&url, password.trim())?;
+    use base64::Engine;
+    let secret = call(&url, &token, "/v1/secrets/", json!({"name": "bench", "payload": base64::engine::general_purpose::STANDARD.encode(std::fs::read(p12)?),
+        "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}))?;
+    let port = free_port();
+    let lb = json!({"loadbalancer": {"name": "bench", "vip_subnet_id": "lo-127.0.0.0", "vip_address": "127.0.0.1",
+        "listeners": [{"name": "l", "protocol": "TERMINATED_HTTPS", "protocol_port": port, "connection_limit": -1,
+            "default_tls_container_ref": secret["secret_ref"], "tls_versions": ["TLSv1.3"], "tls_ciphers": "TLS_AES_128_GCM_SHA256",
+            "default_pool": {"name": "p", "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+                "members": [{"address": "127.0.0.1", "protocol_port": backend}]}}]}});
+    call(&url, &token, "/v2.0/lbaas/loadbalancers", lb)?;
+    server.port = port;
+    server.wait_listening()?;
+    Ok(server)
+}
+
+fn curl(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().context("failed to run curl")?;
+    if !out.status.success() {
+        bail!("curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn token(url: &str, password: &str) -> anyhow::Result<String> {
+    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "admin", "domain": {"name": "Default"}, "password": password}}},
+                      "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}});
+    let head = curl(&["-D", "-", "-o", "/dev/null", "-X", "POST", "-H", "content-type: application/json", "-d", &body.to_string(), &format!("{url}/v3/auth/tokens")])?;
+    head.lines().find_map(|l| l.strip_prefix("x-subject-token: ")).map(|t| t.trim().to_string()).context("no token from lbd")
+}
+
+fn call(url: &str, token: &str, path: &str, body: Value) -> anyhow::Result<Value> {
+    let out = curl(&["-X", "POST", "-H", "content-type: application/json", "-H", &format!("x-auth-token: {token}"), "-d", &body.to_string(), &format!("{url}{path}")])?;
+    let v: Value = serde_json::from_str(&out).with_context(|| format!("{path}: {out}"))?;
+    if v.get("faultstring").is_some() || v.get("error").is_some() {
+        bail!("{path}: {out}");
+    }
+    Ok(v)
+}
+
+/// A certificate (ECDSA P-256) as PEM files, a combined PEM (HAProxy) and PKCS#12 (lbd).
+pub struct Certs {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub pem: PathBuf,
+    pub p12: PathBuf,
+}
+
+pub fn certs(dir: &Path) -> anyhow::Result<Certs> {
+    let (cert, key, pem, p12) = (dir.join("b.crt"), dir.join("b.key"), dir.join("b.pem"), dir.join("b.p12"));
+    crate::run(Command::new("openssl").args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .arg("-keyout").arg(&key).arg("-out").arg(&cert).args(["-subj", "/CN=bench.example", "-addext", "subjectAltName=DNS:bench.example"]))?;
+    std::fs::write(&pem, [std::fs::read(&cert)?, std::fs::read(&key)?].concat())?;
+    crate::run(Command::new("openssl").args(["pkcs12", "-export", "-passout", "pass:"]).arg("-in").arg(&cert).arg("-inkey").arg(&key).arg("-out").arg(&p12))?;
+    Ok(Certs { cert, key, pem, p12 })
+}
