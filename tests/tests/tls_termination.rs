@@ -147,3 +147,26 @@ async fn the_full_chain_is_served_and_verifies_against_the_root() {
     assert!(out.contains("CN = lb test intermediate"), "{out}");
     assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_request_without_host_reaches_the_member_with_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend("one").await;
+    let tls = tls_settings(bundle(dir.path(), "a.example"), vec![]);
+    let (_daemon, port) = start(KtlsMode::Auto, &[backend], tls, PoolProtocol::Http).await;
+    let out = blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect", &format!("127.0.0.1:{port}"), "-servername", "a.example"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"GET /old HTTP/1.0\r\n\r\n").unwrap();
+        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+    })
+    .await;
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    assert!(out.contains(&format!("host: {backend}")), "HTTP/1.1 to the member needs a Host: {out}");
+}
