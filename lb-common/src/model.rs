@@ -166,6 +166,15 @@ impl SslHeaders {
     pub fn any(&self) -> bool {
         self.named().iter().any(|(_, on)| *on)
     }
+
+    /// Every header on.
+    pub fn all() -> SslHeaders {
+        let mut h = SslHeaders::default();
+        for name in Self::NAMES {
+            h.set(name, true);
+        }
+        h
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

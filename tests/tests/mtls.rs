@@ -16,22 +16,11 @@ use lb_tests::pki::{Ca, Issued, crl_ders, ders};
 use lb_tests::*;
 use lb_userspace::daemon::{Daemon, KtlsMode};
 
-const ALL_SSL_HEADERS: SslHeaders = SslHeaders {
-    client_verify: true,
-    client_has_cert: true,
-    client_dn: true,
-    client_cn: true,
-    issuer: true,
-    client_sha1: true,
-    client_not_before: true,
-    client_not_after: true,
-};
-
 /// The listener of `fixture::state` with client authentication and every `X-SSL-*` header on,
 /// and its pool with `pool_tls`.
 fn state(port: u16, backends: &[SocketAddr], tls: ListenerTls, pool: PoolProtocol, pool_tls: Option<PoolTls>) -> DesiredState {
     let mut s = lb_tests::fixture::state(port, backends, tls, pool);
-    s.load_balancers[0].listeners[0].insert_headers.ssl = ALL_SSL_HEADERS;
+    s.load_balancers[0].listeners[0].insert_headers.ssl = SslHeaders::all();
     s.load_balancers[0].pools[0].tls = pool_tls;
     s
 }

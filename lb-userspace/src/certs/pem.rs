@@ -10,45 +10,33 @@ use lb_common::model::KeyFormat;
 
 /// All certificates in `data` (PEM blocks, or a single DER certificate), in order.
 pub fn certificates(data: &[u8], field: &'static str) -> Result<Vec<Vec<u8>>, CertError> {
-    if !looks_like_pem(data) {
-        // A single DER certificate (Barbican `application/pkix-cert` payloads are often DER).
-        return match data.first() {
-            Some(0x30) => Ok(vec![data.to_vec()]),
-            _ => Err(CertError::NoCertificate { field }),
-        };
-    }
-    let mut out = Vec::new();
-    for item in sections(data) {
-        match item {
-            Ok((SectionKind::Certificate, der)) => out.push(der),
-            Ok(_) => {}
-            Err(e) => return Err(CertError::MalformedCertificate { field, detail: e.to_string() }),
-        }
-    }
-    if out.is_empty() {
-        return Err(CertError::NoCertificate { field });
-    }
-    Ok(out)
+    der_blocks(data, SectionKind::Certificate, CertError::NoCertificate { field }, |detail| CertError::MalformedCertificate { field, detail })
 }
 
 /// All certificate revocation lists in `data` (PEM `X509 CRL` blocks, or a single DER CRL).
 pub fn crls(data: &[u8], field: &'static str) -> Result<Vec<Vec<u8>>, CertError> {
+    der_blocks(data, SectionKind::Crl, CertError::NoCrl { field }, |detail| CertError::MalformedCrl { field, detail })
+}
+
+/// The DER of every PEM block of `kind` in `data`, or `data` itself when it is a single DER
+/// structure (Barbican `application/pkix-*` payloads are often DER).
+fn der_blocks(data: &[u8], kind: SectionKind, none: CertError, malformed: impl Fn(String) -> CertError) -> Result<Vec<Vec<u8>>, CertError> {
     if !looks_like_pem(data) {
         return match data.first() {
             Some(0x30) => Ok(vec![data.to_vec()]),
-            _ => Err(CertError::NoCrl { field }),
+            _ => Err(none),
         };
     }
     let mut out = Vec::new();
     for item in sections(data) {
         match item {
-            Ok((SectionKind::Crl, der)) => out.push(der),
+            Ok((k, der)) if k == kind => out.push(der),
             Ok(_) => {}
-            Err(e) => return Err(CertError::MalformedCrl { field, detail: e.to_string() }),
+            Err(e) => return Err(malformed(e.to_string())),
         }
     }
     if out.is_empty() {
-        return Err(CertError::NoCrl { field });
+        return Err(none);
     }
     Ok(out)
 }

@@ -84,16 +84,7 @@ mod tests {
 
     #[test]
     fn without_a_certificate_only_verify_and_has_cert_are_set() {
-        let all = SslHeaders {
-            client_verify: true,
-            client_has_cert: true,
-            client_dn: true,
-            client_cn: true,
-            issuer: true,
-            client_sha1: true,
-            client_not_before: true,
-            client_not_after: true,
-        };
+        let all = SslHeaders::all();
         assert_eq!(headers(&all, None), vec![("X-SSL-Client-Verify", "0".to_string()), ("X-SSL-Client-Has-Cert", "0".to_string())]);
         let only_cn = SslHeaders { client_cn: true, ..SslHeaders::default() };
         let cert = ClientCert {
