@@ -57,7 +57,8 @@ pub fn h2load(url: &str, connections: u32, streams: u32, seconds: u32) -> anyhow
         line.split_whitespace().nth(idx)?.trim_end_matches(['s', ',']).parse().ok()
     };
     let done = num("requests:", 5).with_context(|| format!("h2load output: {text}"))?;
-    let failed = num("requests:", 7).unwrap_or(0.0) + num("requests:", 9).unwrap_or(0.0);
+    // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+    let failed = num("requests:", 9).unwrap_or(0.0) + num("requests:", 11).unwrap_or(0.0);
     let bytes = num("traffic:", 2).unwrap_or(0.0);
     let seconds = text.lines().find_map(|l| l.strip_prefix("finished in ")?.split(',').next()?.trim_end_matches('s').parse().ok()).unwrap_or(seconds as f64);
     Ok(Load { requests: done, bytes, seconds, errors: failed, latency_ms: None })

@@ -86,7 +86,7 @@ impl Plan {
             crypto_limit: crypto_limit(if quick { 1 } else { 3 })?,
             nofile,
         };
-        Ok(Plan { quick, reps: if quick { 1 } else { 3 }, seconds: if quick { 2 } else { 8 }, scenarios, env })
+        Ok(Plan { quick, reps: if quick { 1 } else { 3 }, seconds: if quick { 2 } else { 6 }, scenarios, env })
     }
 }
 
