@@ -190,6 +190,31 @@ pub struct Listener {
     pub insert_headers: InsertHeaders,
     /// Present for TERMINATED_HTTPS listeners.
     pub tls: Option<ListenerTls>,
+    /// Sources allowed to connect; empty allows every source (Octavia's `allowed_cidrs`).
+    pub allowed_cidrs: Vec<crate::cidr::Cidr>,
+    /// New connections per second one source may open (XDP); `None` uses lbd's default.
+    pub syn_rate: Option<SynRate>,
+}
+
+/// A per-source new-connection rate limit: `rate` per second, up to `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynRate {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl SynRate {
+    /// Parses `RATE` or `RATE:BURST` (burst defaults to the rate); `0` turns the limit off.
+    pub fn parse(s: &str) -> Result<SynRate, String> {
+        let (rate, burst) = s.split_once(':').map_or((s, None), |(r, b)| (r, Some(b)));
+        let num = |v: &str, what: &str| v.trim().parse::<u32>().map_err(|_| format!("{what} '{v}' is not a whole number of connections"));
+        let rate = num(rate, "rate")?;
+        let burst = burst.map(|b| num(b, "burst")).transpose()?.unwrap_or(rate);
+        if rate > 0 && burst == 0 {
+            return Err("burst must be at least 1 when a rate is set".into());
+        }
+        Ok(SynRate { rate, burst })
+    }
 }
 
 /// TLS termination settings of a listener.

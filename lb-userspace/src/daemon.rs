@@ -10,6 +10,7 @@ use tokio::sync::Mutex;
 use crate::metrics::Metrics;
 use crate::reconcile::{ApplyReport, Reconciler};
 use crate::tls::accept::OffloadPolicy;
+use crate::xdp::XdpPlane;
 use lb_common::model::DesiredState;
 
 /// Whether lbd uses kTLS.
@@ -46,6 +47,12 @@ impl Daemon {
 
     /// Starts with an explicit offload policy (for example ciphers kept in userspace).
     pub fn start_with(policy: OffloadPolicy) -> Arc<Self> {
+        Self::start_full(policy, None)
+    }
+
+    /// Starts with an offload policy and, when given, the XDP data path (whose maintenance
+    /// thread starts here, publishing into this daemon's metrics).
+    pub fn start_full(policy: OffloadPolicy, xdp: Option<Arc<XdpPlane>>) -> Arc<Self> {
         if !policy.userspace_ciphers.is_empty() {
             let names: Vec<&str> = policy.userspace_ciphers.iter().map(|c| c.name()).collect();
             tracing::info!("kTLS policy keeps {} in userspace", names.join(", "));
@@ -59,7 +66,10 @@ impl Daemon {
         }
         let metrics = Arc::new(Metrics::new(&policy));
         let policy = Arc::new(policy);
-        let reconciler = Mutex::new(Reconciler::new(policy.clone(), metrics.clone()));
+        if let Some(x) = &xdp {
+            x.spawn_maintenance(metrics.clone());
+        }
+        let reconciler = Mutex::new(Reconciler::new(policy.clone(), metrics.clone(), xdp));
         Arc::new(Daemon { metrics, policy, reconciler })
     }
 

@@ -13,6 +13,7 @@ use lb_userspace::store::Store;
 use lb_userspace::store::seal::{Kek, random, write_private};
 use lb_userspace::store::sqlite::SqliteStore;
 use lb_userspace::tls::offload::KernelCipher;
+use lb_userspace::xdp::{Settings as XdpSettings, XdpPlane};
 
 #[derive(Parser)]
 #[command(name = "lbd", version, about = "TLS-terminating load balancer: rustls handshakes, kTLS bulk crypto, XDP L4")]
@@ -51,6 +52,17 @@ enum Command {
         /// The XDP object built by `cargo xtask build-ebpf`.
         #[arg(long, env = "LBD_XDP_OBJECT", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf/target/bpfel-unknown-none/release/lb-xdp"))]
         xdp_object: PathBuf,
+        /// Maglev table size of each XDP-forwarded listener: a prime, at most 65537.
+        #[arg(long, default_value_t = lb_common::maglev::DEFAULT_TABLE_SIZE, env = "LBD_XDP_TABLE_SIZE")]
+        xdp_table_size: u32,
+        /// Default per-source new-connection limit enforced in XDP, RATE[:BURST] per second
+        /// (0: none). A listener tag `syn_rate=RATE[:BURST]` overrides it.
+        #[arg(long, default_value = "0", value_parser = lb_common::model::SynRate::parse, env = "LBD_XDP_SYN_RATE")]
+        xdp_syn_rate: lb_common::model::SynRate,
+        /// Source ports XDP uses for translated flows, MIN-MAX; keep them out of
+        /// net.ipv4.ip_local_port_range.
+        #[arg(long, default_value = "20000-32767", value_parser = parse_ports, env = "LBD_XDP_NAT_PORTS")]
+        xdp_nat_ports: (u16, u16),
     },
     /// Print `export OS_...` lines for the stock openstack CLI (admin credentials).
     Openrc,
@@ -83,6 +95,12 @@ enum UserCmd {
 enum ProjectCmd {
     Add { name: String },
     List,
+}
+
+fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("{s:?} is not a range MIN-MAX"))?;
+    let port = |p: &str| p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number"));
+    Ok((port(lo)?, port(hi)?))
 }
 
 fn parse_cipher(name: &str) -> Result<KernelCipher, String> {
@@ -135,17 +153,34 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let dir = cli.state_dir;
     match cli.command {
-        Command::Serve { api_listen, public_url, max_secret_bytes, ktls, ktls_userspace_ciphers, xdp_interfaces, xdp_object } => {
+        Command::Serve {
+            api_listen,
+            public_url,
+            max_secret_bytes,
+            ktls,
+            ktls_userspace_ciphers,
+            xdp_interfaces,
+            xdp_object,
+            xdp_table_size,
+            xdp_syn_rate,
+            xdp_nat_ports,
+        } => {
             let public_url = public_url.unwrap_or_else(|| format!("http://{api_listen}")).trim_end_matches('/').to_string();
             let mut policy = ktls.policy();
             policy.userspace_ciphers = ktls_userspace_ciphers;
-            let daemon = Daemon::start_with(policy);
-            // The XDP tasks own the attachments: they detach when the runtime drops them at exit.
-            for interface in &xdp_interfaces {
-                let attachment = lb_userspace::xdp::attach(&xdp_object, interface)?;
-                attachment.spawn_metrics(daemon.metrics.clone());
+            let xdp = match xdp_interfaces.is_empty() {
+                true => None,
+                false => {
+                    let settings = XdpSettings { table_size: xdp_table_size, syn_rate: xdp_syn_rate, nat_ports: xdp_nat_ports };
+                    Some(XdpPlane::start(&xdp_object, &xdp_interfaces, settings)?)
+                }
+            };
+            let daemon = Daemon::start_full(policy, xdp.clone());
+            let result = serve(&dir, api_listen, public_url, max_secret_bytes, daemon).await;
+            if let Some(x) = xdp {
+                x.detach();
             }
-            serve(&dir, api_listen, public_url, max_secret_bytes, daemon).await
+            result
         }
         Command::Openrc => {
             let url = std::fs::read_to_string(dir.join(ENDPOINT_FILE)).unwrap_or_else(|_| "http://127.0.0.1:9876".into());

@@ -9,14 +9,21 @@ use prometheus_client::registry::Registry;
 use crate::tls::accept::OffloadPolicy;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InterfaceLabels {
-    pub interface: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct XdpAttachLabels {
     pub interface: String,
     pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdpMemberLabels {
+    /// `address:port`.
+    pub member: String,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdpMemberFlowLabels {
+    pub member: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,9 +106,20 @@ pub struct Metrics {
     pub http_responses: Family<RequestLabels, Counter>,
     pub request_errors: Family<ListenerLabels, Counter>,
     pub xdp_attached: Family<XdpAttachLabels, Gauge>,
-    pub xdp_packets: Family<InterfaceLabels, Counter>,
-    pub xdp_bytes: Family<InterfaceLabels, Counter>,
-    pub xdp_passed: Family<InterfaceLabels, Counter>,
+    pub xdp_packets: Counter,
+    pub xdp_bytes: Counter,
+    pub xdp_passed: Counter,
+    pub xdp_forwarded: Counter,
+    pub xdp_dropped: Counter,
+    pub xdp_listener_packets: Family<BytesLabels, Counter>,
+    pub xdp_listener_bytes: Family<BytesLabels, Counter>,
+    pub xdp_listener_flows: Family<ListenerLabels, Counter>,
+    pub xdp_active_flows: Family<ListenerLabels, Gauge>,
+    pub xdp_drops: Family<ListenerReasonLabels, Counter>,
+    pub xdp_member_packets: Family<XdpMemberLabels, Counter>,
+    pub xdp_member_bytes: Family<XdpMemberLabels, Counter>,
+    pub xdp_member_flows: Family<XdpMemberFlowLabels, Counter>,
+    pub connections_denied: Family<ListenerReasonLabels, Counter>,
     pub member_errors: Family<MemberLabels, Counter>,
     pub handshake_failures: Family<ListenerReasonLabels, Counter>,
     pub member_tls: Family<PoolOffloadLabels, Counter>,
@@ -124,9 +142,20 @@ impl Metrics {
             http_responses: Family::default(),
             request_errors: Family::default(),
             xdp_attached: Family::default(),
-            xdp_packets: Family::default(),
-            xdp_bytes: Family::default(),
-            xdp_passed: Family::default(),
+            xdp_packets: Counter::default(),
+            xdp_bytes: Counter::default(),
+            xdp_passed: Counter::default(),
+            xdp_forwarded: Counter::default(),
+            xdp_dropped: Counter::default(),
+            xdp_listener_packets: Family::default(),
+            xdp_listener_bytes: Family::default(),
+            xdp_listener_flows: Family::default(),
+            xdp_active_flows: Family::default(),
+            xdp_drops: Family::default(),
+            xdp_member_packets: Family::default(),
+            xdp_member_bytes: Family::default(),
+            xdp_member_flows: Family::default(),
+            connections_denied: Family::default(),
             member_errors: Family::default(),
             handshake_failures: Family::default(),
             member_tls: Family::default(),
@@ -151,9 +180,20 @@ impl Metrics {
         registry.register("bytes", "Client-side bytes by direction (in: from clients)", m.bytes.clone());
         registry.register("http_responses", "HTTP responses sent to clients by status code", m.http_responses.clone());
         registry.register("xdp_attached", "1 per interface lbd's XDP program is attached to, with the mode", m.xdp_attached.clone());
-        registry.register("xdp_packets", "Packets seen by the XDP program", m.xdp_packets.clone());
+        registry.register("xdp_packets", "Packets seen by the XDP program (all interfaces)", m.xdp_packets.clone());
         registry.register("xdp_bytes", "Bytes seen by the XDP program", m.xdp_bytes.clone());
         registry.register("xdp_passed", "Packets the XDP program passed to the kernel stack", m.xdp_passed.clone());
+        registry.register("xdp_forwarded", "Packets the XDP program translated and sent on", m.xdp_forwarded.clone());
+        registry.register("xdp_dropped", "Packets the XDP program dropped (reasons per listener in lb_xdp_drops_total)", m.xdp_dropped.clone());
+        registry.register("xdp_listener_packets", "Packets of a listener's VIP:port in XDP (in: from clients, out: to clients)", m.xdp_listener_packets.clone());
+        registry.register("xdp_listener_bytes", "IP bytes of a listener's VIP:port in XDP", m.xdp_listener_bytes.clone());
+        registry.register("xdp_listener_flows", "New flows XDP forwarded, or new connections it admitted, per listener", m.xdp_listener_flows.clone());
+        registry.register("xdp_active_flows", "Open flows of a listener forwarded in XDP", m.xdp_active_flows.clone());
+        registry.register("xdp_drops", "Packets XDP dropped per listener, by reason", m.xdp_drops.clone());
+        registry.register("xdp_member_packets", "Packets XDP forwarded to or from a member", m.xdp_member_packets.clone());
+        registry.register("xdp_member_bytes", "IP bytes XDP forwarded to or from a member", m.xdp_member_bytes.clone());
+        registry.register("xdp_member_flows", "New flows XDP sent to a member", m.xdp_member_flows.clone());
+        registry.register("connections_denied", "Connections lbd's own listeners closed at once, by reason (allowed_cidrs)", m.connections_denied.clone());
         registry.register("request_errors", "Requests answered with a 5xx by lbd or the member, per listener", m.request_errors.clone());
         registry.register("member_errors", "Failures talking to members, by reason (TLS verification failures by their reason)", m.member_errors.clone());
         registry.register(
@@ -216,7 +256,8 @@ impl Metrics {
         let listener = ListenerLabels { listener: id.to_string() };
         let bytes = |direction| self.bytes.get_or_create(&BytesLabels { listener: id.to_string(), direction }).get();
         ListenerStats {
-            active_connections: self.active_connections.get_or_create(&listener).get().max(0) as u64,
+            active_connections: (self.active_connections.get_or_create(&listener).get().max(0)
+                + self.xdp_active_flows.get_or_create(&listener).get().max(0)) as u64,
             total_connections: self.connections.get_or_create(&listener).get(),
             bytes_in: bytes("in"),
             bytes_out: bytes("out"),

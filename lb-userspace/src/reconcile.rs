@@ -20,6 +20,7 @@ use crate::proxy::upstream::PoolRuntime;
 use crate::tls::accept::OffloadPolicy;
 use crate::tls::client::{MemberTls, member_tls};
 use crate::tls::config::server_config;
+use crate::xdp::XdpPlane;
 use lb_common::model::{DesiredState, Id, Listener, ListenerProtocol, ListenerTls, LoadBalancer, Pool, PoolProtocol, PoolTls};
 
 /// The outcome of one apply, per listener and pool id: `Ok` when it serves as desired.
@@ -51,11 +52,13 @@ pub struct Reconciler {
     pools: HashMap<Id, RunningPool>,
     policy: Arc<OffloadPolicy>,
     metrics: Arc<Metrics>,
+    /// The XDP data path, when lbd runs it (`--xdp-interface`).
+    xdp: Option<Arc<XdpPlane>>,
 }
 
 impl Reconciler {
-    pub fn new(policy: Arc<OffloadPolicy>, metrics: Arc<Metrics>) -> Self {
-        Reconciler { running: HashMap::new(), pools: HashMap::new(), policy, metrics }
+    pub fn new(policy: Arc<OffloadPolicy>, metrics: Arc<Metrics>, xdp: Option<Arc<XdpPlane>>) -> Self {
+        Reconciler { running: HashMap::new(), pools: HashMap::new(), policy, metrics, xdp }
     }
 
     /// Makes the data plane match `state`.
@@ -96,6 +99,18 @@ impl Reconciler {
             }
             keep
         });
+        // The XDP maps follow: services for every enabled listener, Maglev rings for the
+        // forwarding ones. A listener fails if either half failed.
+        if let Some(xdp) = &self.xdp {
+            for (id, result) in xdp.sync(state) {
+                if let Err(e) = result {
+                    let entry = report.listeners.entry(id).or_insert(Ok(()));
+                    if entry.is_ok() {
+                        *entry = Err(format!("XDP: {e}"));
+                    }
+                }
+            }
+        }
         report
     }
 
@@ -127,7 +142,11 @@ impl Reconciler {
 
     fn apply_listener(&mut self, lb: &LoadBalancer, l: &Listener) -> Result<(), String> {
         if matches!(l.protocol, ListenerProtocol::Udp) {
-            return Err("UDP listeners need the XDP data plane, which this build does not run yet".into());
+            // UDP is forwarded by XDP alone; lbd has no userspace UDP path.
+            return match self.xdp {
+                Some(_) => Ok(()),
+                None => Err("UDP listeners are forwarded by the XDP data path: start lbd with --xdp-interface".into()),
+            };
         }
         let bind = SocketAddr::new(lb.vip_address, l.protocol_port);
         let previous = self.running.get(&l.id);
@@ -162,6 +181,7 @@ impl Reconciler {
             timeouts: l.timeouts,
             insert_headers: l.insert_headers,
             connection_limit: limit.as_ref().map(|(_, s)| s.clone()),
+            allowed_cidrs: l.allowed_cidrs.clone(),
             metrics: self.metrics.clone(),
         });
 

@@ -45,6 +45,8 @@ pub fn state(port: u16, backends: &[SocketAddr], tls: ListenerTls, pool_protocol
                 timeouts: Timeouts::default(),
                 insert_headers: InsertHeaders { forwarded_for: true, forwarded_port: true, forwarded_proto: true, ssl: SslHeaders::default() },
                 tls: Some(tls),
+                allowed_cidrs: vec![],
+                syn_rate: None,
             }],
             pools: vec![Pool {
                 id: "p1".into(),

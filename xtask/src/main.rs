@@ -67,7 +67,7 @@ enum Cmd {
 const VM_SUITES: &[(&str, &str)] = &[("lb-tests", "ktls"), ("lb-tests", "xdp")];
 
 const APT_PACKAGES: &[&str] = &[
-    "curl", "openssl", "nghttp2-client", "haproxy", "nginx", "wrk", "iproute2", "qemu-system-x86", "busybox-static", "xz-utils", "python3-venv",
+    "curl", "openssl", "nghttp2-client", "haproxy", "nginx", "wrk", "iproute2", "qemu-system-x86", "busybox-static", "xz-utils", "python3-venv", "ethtool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

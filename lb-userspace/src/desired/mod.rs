@@ -167,7 +167,21 @@ fn listener(tx: &mut dyn Txn, kek: &Kek, l: &ListenerRec) -> Result<Listener, St
             },
         },
         tls,
+        allowed_cidrs: l.allowed_cidrs.iter().map(|c| c.parse().map_err(|e: lb_common::cidr::CidrError| format!("allowed_cidrs: {e}"))).collect::<Result<_, _>>()?,
+        syn_rate: syn_rate(&l.common.tags)?,
     })
+}
+
+/// The listener tag that sets the per-source new-connection rate limit enforced in XDP
+/// (Octavia has no field for it): `syn_rate=RATE[:BURST]`, `syn_rate=0` for none.
+pub const SYN_RATE_TAG: &str = "syn_rate=";
+
+/// The listener's rate limit tag, if any.
+pub fn syn_rate(tags: &[String]) -> Result<Option<SynRate>, String> {
+    tags.iter()
+        .find_map(|t| t.strip_prefix(SYN_RATE_TAG))
+        .map(|v| SynRate::parse(v).map_err(|e| format!("tag {SYN_RATE_TAG}{v}: {e}")))
+        .transpose()
 }
 
 fn pool(tx: &mut dyn Txn, kek: &Kek, p: &PoolRec, members: &[MemberRec]) -> Result<Pool, String> {

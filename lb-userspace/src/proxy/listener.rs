@@ -52,6 +52,12 @@ pub fn spawn(listener: TcpListener, shared: Arc<ArcSwap<ListenerRuntime>>, polic
                     continue;
                 }
             };
+            let rt = shared.load();
+            if !rt.allowed_cidrs.is_empty() && !rt.allowed_cidrs.iter().any(|c| c.contains(peer.ip())) {
+                rt.metrics.connections_denied.get_or_create(&ListenerReasonLabels { listener: rt.id.clone(), reason: "allowed_cidrs" }).inc();
+                tracing::debug!(listener = %rt.id, %peer, "connection refused: source outside allowed_cidrs");
+                continue;
+            }
             let shared = shared.clone();
             let policy = policy.clone();
             tokio::spawn(async move {

@@ -37,6 +37,9 @@ pub struct ListenerRuntime {
     pub insert_headers: InsertHeaders,
     /// `None`: unlimited.
     pub connection_limit: Option<Arc<Semaphore>>,
+    /// Sources allowed to connect; empty allows all. XDP drops the others before they reach
+    /// the kernel; this check covers interfaces without the program (loopback, for one).
+    pub allowed_cidrs: Vec<lb_common::cidr::Cidr>,
     pub metrics: Arc<Metrics>,
 }
 

@@ -1,14 +1,27 @@
-//! Loading lb's XDP program (aya) onto an interface: native (driver) mode where the driver
-//! supports it, generic mode otherwise with the reason logged; its per-CPU counters read back
-//! for `/metrics`. The program is attached through a bpf_link owned by this process, so it is
-//! detached when lbd exits, also on SIGKILL (the kernel closes the link with the last fd).
+//! The XDP data path's userspace half: load and attach the program ([`loader`]), keep its maps
+//! in step with the desired state ([`sync`]), expire flows and recount open ones ([`flows`]),
+//! and publish its counters ([`stats`]). The program itself is `lb-ebpf`; the map layouts are
+//! `lb_common::xdp`.
 
+pub mod flows;
+pub mod loader;
+pub mod maps;
+pub mod stats;
+pub mod sync;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aya::Ebpf;
-use aya::maps::PerCpuArray;
-use aya::programs::{Xdp, XdpMode};
-use lb_common::xdp::{COUNTER_SLOTS, Counter};
+use lb_common::model::{DesiredState, Id};
+use lb_common::xdp::Config;
+
+use crate::metrics::{ListenerLabels, Metrics, XdpAttachLabels};
+pub use loader::Interface;
+pub use sync::Settings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
@@ -16,95 +29,127 @@ pub enum XdpError {
     Load { path: String, error: String },
     #[error("the XDP object has no program {0:?}")]
     NoProgram(&'static str),
+    #[error("the XDP object has no map {0:?}")]
+    NoMap(&'static str),
     #[error("the kernel refused the XDP program: {0}")]
     Verify(String),
     #[error("cannot attach XDP to {interface}: native mode: {native}; generic mode: {generic}")]
     Attach { interface: String, native: String, generic: String },
-    #[error("cannot read the XDP counters: {0}")]
-    Counters(String),
+    #[error("cannot enable IPv4 forwarding on {interface}: {error}")]
+    Forwarding { interface: String, error: String },
+    #[error("XDP map {map}: {error}")]
+    Map { map: &'static str, error: String },
+    #[error("the XDP maps hold at most {max} {what}")]
+    Full { what: &'static str, max: u32 },
+    #[error("no route to member {member}: {error}")]
+    NoRoute { member: SocketAddr, error: String },
+    #[error("member {0}: the XDP data path forwards to IPv4 members only so far")]
+    Ipv6Member(SocketAddr),
+    #[error("Maglev table: {0}")]
+    Maglev(String),
+    #[error("--xdp-table-size {0}: must be a prime no larger than {max}", max = lb_common::xdp::RING_STRIDE)]
+    TableSize(u32),
+    #[error("--xdp-nat-ports {0}-{1}: the range must be non-empty and above 1023")]
+    NatPorts(u16, u16),
 }
 
-/// An attached program; dropping it detaches it.
-pub struct Attachment {
-    ebpf: Ebpf,
-    pub interface: String,
-    /// `native` or `generic`.
-    pub mode: &'static str,
-    /// Why native mode was not used (empty when it was).
-    pub fallback_reason: String,
+/// The loaded program, its maps and what lbd has written to them.
+pub struct XdpPlane {
+    pub interfaces: Vec<Interface>,
+    settings: Settings,
+    inner: Mutex<Inner>,
 }
 
-const PROGRAM: &str = "lb_xdp";
+struct Inner {
+    maps: maps::Maps,
+    written: sync::Written,
+    published: stats::Published,
+    /// The program and its links: dropping it detaches the program everywhere.
+    ebpf: Option<Ebpf>,
+}
 
-/// Loads `object` and attaches its XDP program to `interface`.
-pub fn attach(object: &Path, interface: &str) -> Result<Attachment, XdpError> {
-    let mut ebpf = Ebpf::load_file(object).map_err(|e| XdpError::Load { path: object.display().to_string(), error: e.to_string() })?;
-    let program: &mut Xdp = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(XdpError::NoProgram(PROGRAM))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| XdpError::Verify(e.to_string()))?;
-    program.load().map_err(|e| XdpError::Verify(e.to_string()))?;
-    let (mode, fallback_reason) = match program.attach(interface, XdpMode::Driver) {
-        Ok(_) => ("native", String::new()),
-        Err(native) => {
-            let native = native.to_string();
-            program
-                .attach(interface, XdpMode::Skb)
-                .map_err(|generic| XdpError::Attach { interface: interface.into(), native: native.clone(), generic: generic.to_string() })?;
-            ("generic", native)
+impl XdpPlane {
+    /// Loads `object`, attaches it to `interfaces` and writes the settings.
+    pub fn start(object: &Path, interfaces: &[String], settings: Settings) -> Result<Arc<XdpPlane>, XdpError> {
+        if !lb_common::maglev::is_prime(settings.table_size) || settings.table_size > lb_common::xdp::RING_STRIDE {
+            return Err(XdpError::TableSize(settings.table_size));
         }
-    };
-    match mode {
-        "native" => tracing::info!(interface, "XDP program attached in native (driver) mode"),
-        _ => tracing::warn!(interface, reason = %fallback_reason, "XDP program attached in generic mode: the driver refused native mode"),
-    }
-    Ok(Attachment { ebpf, interface: interface.into(), mode, fallback_reason })
-}
-
-impl Attachment {
-    /// Counter totals over all CPUs, indexed by [`Counter`].
-    pub fn counters(&self) -> Result<[u64; COUNTER_SLOTS as usize], XdpError> {
-        let map = self.ebpf.map("COUNTERS").ok_or_else(|| XdpError::Counters("no COUNTERS map".into()))?;
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(|e| XdpError::Counters(e.to_string()))?;
-        let mut out = [0u64; COUNTER_SLOTS as usize];
-        for c in [Counter::Packets, Counter::Bytes, Counter::Passed] {
-            let per_cpu = array.get(&(c as u32), 0).map_err(|e| XdpError::Counters(e.to_string()))?;
-            out[c as usize] = per_cpu.iter().sum();
+        let (lo, hi) = settings.nat_ports;
+        if lo < 1024 || hi < lo {
+            return Err(XdpError::NatPorts(lo, hi));
         }
-        Ok(out)
+        let (mut ebpf, interfaces) = loader::load(object, interfaces)?;
+        let mut maps = maps::Maps::take(&mut ebpf)?;
+        let config = Config { nat_port_min: lo, nat_port_max: hi, _pad: 0 };
+        maps.config.set(0, config, 0).map_err(maps::write_err("CONFIG"))?;
+        let inner = Inner { maps, written: Default::default(), published: Default::default(), ebpf: Some(ebpf) };
+        Ok(Arc::new(XdpPlane { interfaces, settings, inner: Mutex::new(inner) }))
     }
-}
 
-impl Attachment {
-    /// Copies the program's counters into `metrics` once a second, for as long as the task
-    /// runs; the attachment (and so the program) lives exactly as long as the task.
-    pub fn spawn_metrics(self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> tokio::task::JoinHandle<()> {
-        use crate::metrics::{InterfaceLabels, XdpAttachLabels};
-        let labels = InterfaceLabels { interface: self.interface.clone() };
-        metrics.xdp_attached.get_or_create(&XdpAttachLabels { interface: self.interface.clone(), mode: self.mode }).set(1);
-        tokio::spawn(async move {
-            let mut last = [0u64; COUNTER_SLOTS as usize];
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                match self.counters() {
-                    Ok(now) => {
-                        let delta = |c: Counter| now[c as usize].saturating_sub(last[c as usize]);
-                        metrics.xdp_packets.get_or_create(&labels).inc_by(delta(Counter::Packets));
-                        metrics.xdp_bytes.get_or_create(&labels).inc_by(delta(Counter::Bytes));
-                        metrics.xdp_passed.get_or_create(&labels).inc_by(delta(Counter::Passed));
-                        last = now;
-                    }
-                    Err(e) => tracing::warn!(interface = %self.interface, error = %e, "XDP counters unreadable"),
-                }
+    /// Makes the maps match `state`; an outcome per listener the XDP path serves.
+    pub fn sync(&self, state: &DesiredState) -> BTreeMap<Id, Result<(), String>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Inner { maps, written, .. } = &mut *inner;
+        sync::sync(maps, written, state, &self.settings)
+    }
+
+    /// One maintenance round: expire flows, recount open ones into `ACTIVE` (userspace
+    /// connection counts for the listeners lbd terminates), free unused backends, publish
+    /// counters, and re-resolve members' neighbours when packets were dropped for lack of one.
+    pub fn maintain(&self, metrics: &Metrics) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Inner { maps, written, published, .. } = &mut *inner;
+        let sweep = flows::sweep(maps, written, flows::monotonic_ns());
+        for s in written.services.values() {
+            let labels = ListenerLabels { listener: s.listener.clone() };
+            let active = if s.forwards() {
+                let open = sweep.open.get(&s.id).copied().unwrap_or(0);
+                metrics.xdp_active_flows.get_or_create(&labels).set(open as i64);
+                open
+            } else {
+                metrics.active_connections.get_or_create(&labels).get().max(0) as u64
+            };
+            let _ = maps.active.set(s.id, active, 0);
+        }
+        sync::release_backends(maps, written, &sweep.referenced);
+        if stats::publish(maps, written, published, metrics) > 0 {
+            for b in written.backends.values() {
+                let snat = std::net::Ipv4Addr::new(b.value.snat[0], b.value.snat[1], b.value.snat[2], b.value.snat[3]);
+                let addr = std::net::Ipv4Addr::new(b.value.addr[0], b.value.addr[1], b.value.addr[2], b.value.addr[3]);
+                sync::warm_neighbour(SocketAddr::new(snat.into(), 0), addr);
             }
-        })
+        }
     }
-}
 
-impl Drop for Attachment {
-    fn drop(&mut self) {
-        tracing::info!(interface = %self.interface, "XDP program detached");
+    /// Runs [`XdpPlane::maintain`] every second on a thread of its own (map walks are system
+    /// calls; they stay off the async workers).
+    pub fn spawn_maintenance(self: &Arc<Self>, metrics: Arc<Metrics>) {
+        for i in &self.interfaces {
+            metrics.xdp_attached.get_or_create(&XdpAttachLabels { interface: i.name.clone(), mode: i.mode }).set(1);
+        }
+        let plane = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("xdp-maintenance".into())
+            .spawn(move || {
+                while let Some(p) = plane.upgrade() {
+                    p.maintain(&metrics);
+                    if p.inner.lock().map(|i| i.ebpf.is_none()).unwrap_or(true) {
+                        return;
+                    }
+                    drop(p);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+            .expect("spawning a thread");
+    }
+
+    /// Detaches the program from every interface (also done by the kernel when lbd exits).
+    pub fn detach(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.ebpf.take().is_some() {
+            for i in &self.interfaces {
+                tracing::info!(interface = %i.name, "XDP program detached");
+            }
+        }
     }
 }

@@ -56,7 +56,7 @@ fn listener_of(tx: &mut dyn Txn, p: &Principal, id: &str) -> Result<ListenerRec,
 pub fn compatible(listener: &str, pool: &str) -> bool {
     matches!(
         (listener, pool),
-        ("HTTP", "HTTP") | ("TERMINATED_HTTPS", "HTTP" | "TCP") | ("TCP", "TCP" | "HTTP" | "HTTPS") | ("HTTPS", "HTTPS" | "TCP")
+        ("HTTP", "HTTP") | ("TERMINATED_HTTPS", "HTTP" | "TCP") | ("TCP", "TCP" | "HTTP" | "HTTPS") | ("HTTPS", "HTTPS" | "TCP") | ("UDP", "UDP")
     )
 }
 
@@ -153,12 +153,20 @@ fn insert_headers(v: &Value) -> Result<Map<String, Value>, OErr> {
 /// pool, and the TLS references (resolved and validated now).
 fn validate(tx: &mut dyn Txn, s: &ApiState, l: &ListenerRec, lb: &LoadBalancerRec) -> Result<(), OErr> {
     match l.protocol.as_str() {
-        "HTTP" | "HTTPS" | "TCP" | "TERMINATED_HTTPS" => {}
-        other => return Err(OErr::bad_request(format!("protocol {other}: lbd does not serve {other} listeners yet (supported: HTTP, HTTPS, TCP, TERMINATED_HTTPS)"))),
+        "HTTP" | "HTTPS" | "TCP" | "TERMINATED_HTTPS" | "UDP" => {}
+        other => return Err(OErr::bad_request(format!("protocol {other}: lbd does not serve {other} listeners yet (supported: HTTP, HTTPS, TCP, TERMINATED_HTTPS, UDP)"))),
     }
-    if !l.allowed_cidrs.is_empty() {
-        return Err(OErr::bad_request("allowed_cidrs: not enforced by lbd yet (the XDP filter is pending); refusing rather than silently allowing every source"));
+    let vip_v6 = lb.vip_address.contains(':');
+    for c in &l.allowed_cidrs {
+        let cidr: lb_common::cidr::Cidr = c.parse().map_err(|e: lb_common::cidr::CidrError| OErr::bad_request(format!("Invalid input for field/attribute allowed_cidrs. {e}.")))?;
+        if cidr.addr.is_ipv6() != vip_v6 {
+            return Err(OErr::bad_request(format!(
+                "Validation failure: CIDR {c} IP version incompatible with VIP {} IP version.",
+                lb.vip_address
+            )));
+        }
     }
+    crate::desired::syn_rate(&l.common.tags).map_err(|e| OErr::bad_request(format!("Invalid input for field/attribute tags. {e}.")))?;
     let terminated = l.protocol == "TERMINATED_HTTPS";
     if let Some(h) = l.insert_headers.keys().find(|k| SslHeaders::NAMES.contains(&k.as_str())) {
         if !terminated {

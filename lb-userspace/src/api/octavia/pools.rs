@@ -86,8 +86,8 @@ fn apply(pool: &mut PoolRec, input: &Input) -> Result<(), OErr> {
 /// What lbd's data plane can do with a pool; everything else is refused with the reason. TLS
 /// references are resolved and the member TLS settings built now, so bad input is a 400 here.
 fn validate(tx: &mut dyn Txn, s: &ApiState, pool: &PoolRec) -> Result<(), OErr> {
-    if !matches!(pool.protocol.as_str(), "HTTP" | "HTTPS" | "TCP") {
-        return Err(OErr::bad_request(format!("protocol {}: lbd does not forward to {} pools yet (supported: HTTP, HTTPS, TCP)", pool.protocol, pool.protocol)));
+    if !matches!(pool.protocol.as_str(), "HTTP" | "HTTPS" | "TCP" | "UDP") {
+        return Err(OErr::bad_request(format!("protocol {}: lbd does not forward to {} pools yet (supported: HTTP, HTTPS, TCP, UDP)", pool.protocol, pool.protocol)));
     }
     if pool.lb_algorithm != "ROUND_ROBIN" {
         return Err(OErr::bad_request(format!("lb_algorithm {}: not implemented by lbd yet (supported: ROUND_ROBIN, weighted)", pool.lb_algorithm)));
