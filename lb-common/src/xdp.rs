@@ -28,6 +28,8 @@ pub const MAX_FLOWS: u32 = 262_144;
 pub const MAX_RATE_BUCKETS: u32 = 65_536;
 /// `allowed_cidrs` entries over all services.
 pub const MAX_CIDRS: u32 = 16_384;
+/// Next hops the program found no neighbour entry for (LRU), for lbd to resolve.
+pub const MAX_NEIGH_MISSES: u32 = 4096;
 /// A backend slot / Maglev entry meaning "no member".
 pub const NO_BACKEND: u32 = u32::MAX;
 

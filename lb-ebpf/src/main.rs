@@ -21,7 +21,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action};
+use aya_ebpf::bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action};
 use aya_ebpf::helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect};
 use aya_ebpf::macros::{map, xdp};
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
@@ -55,6 +55,11 @@ static SERVICE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SERVI
 static BACKEND_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_BACKENDS * BE_COUNTERS, 0);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// Destinations whose link-layer address the kernel does not know yet (the lb node never
+/// talked to them itself): lbd makes the kernel resolve them; the sender's retransmission
+/// then goes through.
+#[map]
+static NEIGH_MISS: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(MAX_NEIGH_MISSES, 0);
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_LEN: usize = 14;
@@ -383,6 +388,9 @@ unsafe fn send(ctx: &XdpContext, eth: *mut Eth, ip: *mut Ip4, service: u32) -> u
         p.__bindgen_anon_4.ipv4_dst = u32_of((*ip).daddr);
         let rc = bpf_fib_lookup(ctx.ctx as *mut _, &mut p, size_of::<FibParams>() as i32, 0);
         if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+            if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+                let _ = NEIGH_MISS.insert(&addr16((*ip).daddr), &bpf_ktime_get_ns(), 0);
+            }
             return drop_for(service, SvcCounter::DropNoRoute);
         }
         (*eth).dst = p.dmac;

@@ -53,7 +53,21 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_http_on(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), handler)
+}
+
+/// Serves HTTP/1.1 and h2 on `listener` (bound anywhere, in any network namespace) with
+/// `handler`, one task per connection. Must be called within a tokio runtime.
+pub fn serve_http_on<F, Fut, B>(listener: std::net::TcpListener, handler: F) -> SocketAddr
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<hyper::Response<B>, std::io::Error>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -82,10 +96,12 @@ pub async fn echo_backend(name: &'static str) -> SocketAddr {
     .await
 }
 
+pub mod api;
 pub mod bulk;
 pub mod client;
 pub mod fixture;
 pub mod lbd;
+pub mod netns;
 pub mod peers;
 pub mod pki;
 

@@ -19,6 +19,7 @@ pub struct Maps {
     pub service_stats: PerCpuArray<MapData, u64>,
     pub backend_stats: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, Config>,
+    pub neigh_miss: HashMap<MapData, [u8; 16], u64>,
     /// Possible CPUs: the length of every per-CPU value.
     pub cpus: usize,
 }
@@ -47,6 +48,7 @@ impl Maps {
             service_stats: take(ebpf, "SERVICE_STATS")?,
             backend_stats: take(ebpf, "BACKEND_STATS")?,
             config: take(ebpf, "CONFIG")?,
+            neigh_miss: take(ebpf, "NEIGH_MISS")?,
             cpus,
         })
     }

@@ -95,7 +95,7 @@ impl XdpPlane {
 
     /// One maintenance round: expire flows, recount open ones into `ACTIVE` (userspace
     /// connection counts for the listeners lbd terminates), free unused backends, publish
-    /// counters, and re-resolve members' neighbours when packets were dropped for lack of one.
+    /// counters.
     pub fn maintain(&self, metrics: &Metrics) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Inner { maps, written, published, .. } = &mut *inner;
@@ -112,12 +112,20 @@ impl XdpPlane {
             let _ = maps.active.set(s.id, active, 0);
         }
         sync::release_backends(maps, written, &sweep.referenced);
-        if stats::publish(maps, written, published, metrics) > 0 {
-            for b in written.backends.values() {
-                let snat = std::net::Ipv4Addr::new(b.value.snat[0], b.value.snat[1], b.value.snat[2], b.value.snat[3]);
-                let addr = std::net::Ipv4Addr::new(b.value.addr[0], b.value.addr[1], b.value.addr[2], b.value.addr[3]);
-                sync::warm_neighbour(SocketAddr::new(snat.into(), 0), addr);
-            }
+        stats::publish(maps, written, published, metrics);
+    }
+
+    /// Has the kernel resolve the next hops the program found no neighbour for (clients and
+    /// members the lb node never exchanged a packet with itself): an empty datagram to each
+    /// one's discard port makes the kernel send the ARP request.
+    pub fn resolve_neighbours(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let missed: Vec<[u8; 16]> = inner.maps.neigh_miss.keys().filter_map(Result::ok).collect();
+        for addr in missed {
+            let ip = std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]);
+            tracing::debug!(%ip, "resolving a next hop XDP found no neighbour entry for");
+            sync::warm_neighbour("0.0.0.0:0".parse().unwrap(), ip);
+            let _ = inner.maps.neigh_miss.remove(&addr);
         }
     }
 
@@ -131,13 +139,20 @@ impl XdpPlane {
         std::thread::Builder::new()
             .name("xdp-maintenance".into())
             .spawn(move || {
+                let mut round = 0u64;
                 while let Some(p) = plane.upgrade() {
-                    p.maintain(&metrics);
+                    // Neighbour misses every 100 ms (a sender retransmits within a second),
+                    // everything else every second.
+                    p.resolve_neighbours();
+                    if round % 10 == 0 {
+                        p.maintain(&metrics);
+                    }
                     if p.inner.lock().map(|i| i.ebpf.is_none()).unwrap_or(true) {
                         return;
                     }
                     drop(p);
-                    std::thread::sleep(Duration::from_secs(1));
+                    round += 1;
+                    std::thread::sleep(Duration::from_millis(100));
                 }
             })
             .expect("spawning a thread");

@@ -32,9 +32,8 @@ fn delta(now: u64, before: u64) -> u64 {
     if now >= before { now - before } else { now }
 }
 
-/// Reads every counter and adds what is new to `metrics`. Returns the `no_route` drops seen
-/// in this round (lbd then re-resolves members' neighbours).
-pub fn publish(maps: &Maps, w: &Written, done: &mut Published, m: &Metrics) -> u64 {
+/// Reads every counter and adds what is new to `metrics`.
+pub fn publish(maps: &Maps, w: &Written, done: &mut Published, m: &Metrics) {
     let mut global = [0u64; COUNTER_SLOTS as usize];
     for (i, g) in global.iter_mut().enumerate() {
         *g = Maps::sum(&maps.counters, i as u32);
@@ -47,7 +46,6 @@ pub fn publish(maps: &Maps, w: &Written, done: &mut Published, m: &Metrics) -> u
     m.xdp_dropped.inc_by(d(Counter::Dropped));
     done.global = global;
 
-    let mut no_route = 0;
     for s in w.services.values() {
         let mut now = [0u64; SVC_COUNTERS as usize];
         for (i, v) in now.iter_mut().enumerate() {
@@ -74,7 +72,6 @@ pub fn publish(maps: &Maps, w: &Written, done: &mut Published, m: &Metrics) -> u
                 m.xdp_drops.get_or_create(&ListenerReasonLabels { listener: listener.clone(), reason }).inc_by(n);
             }
         }
-        no_route += d(SvcCounter::DropNoRoute);
         *before = now;
     }
     for b in w.backends.values() {
@@ -92,5 +89,4 @@ pub fn publish(maps: &Maps, w: &Written, done: &mut Published, m: &Metrics) -> u
         m.xdp_member_flows.get_or_create(&XdpMemberFlowLabels { member: b.label.clone() }).inc_by(d(BeCounter::NewFlows));
         *before = now;
     }
-    no_route
 }
