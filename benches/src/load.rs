@@ -31,9 +31,19 @@ end
 
 /// `wrk` for `seconds` with `connections` over `threads`, extra headers, against `url`.
 pub fn wrk(dir: &Path, url: &str, threads: u32, connections: u32, seconds: u32, headers: &[&str]) -> anyhow::Result<Load> {
+    run_wrk(Command::new("wrk"), dir, url, threads, connections, seconds, headers)
+}
+
+/// [`wrk`] run inside network namespace `ns`.
+pub fn wrk_in(ns: &str, dir: &Path, url: &str, threads: u32, connections: u32, seconds: u32, headers: &[&str]) -> anyhow::Result<Load> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "wrk"]);
+    run_wrk(cmd, dir, url, threads, connections, seconds, headers)
+}
+
+fn run_wrk(mut cmd: Command, dir: &Path, url: &str, threads: u32, connections: u32, seconds: u32, headers: &[&str]) -> anyhow::Result<Load> {
     let script = dir.join("report.lua");
     std::fs::write(&script, WRK_REPORT)?;
-    let mut cmd = Command::new("wrk");
     cmd.args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "--timeout", "10s", "-s"]).arg(&script);
     for h in headers {
         cmd.args(["-H", h]);

@@ -5,6 +5,7 @@
 //!
 //! Usage: `lb-bench --lbd PATH --out DIR [--quick] [--scenario NAME]`.
 
+mod l4;
 mod load;
 mod procs;
 mod report;
@@ -40,8 +41,18 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     let nofile = procs::raise_nofile();
     let plan = scenarios::Plan::new(quick, only.as_deref(), nofile)?;
-    let (samples, notes) = scenarios::run(&plan, &lbd)?;
-    let text = report::write(&out, &plan, &samples, &notes)?;
+    let (samples, mut notes) = scenarios::run(&plan, &lbd)?;
+    // The L4 scenarios build network namespaces and attach XDP: root only.
+    let l4 = if unsafe { libc::geteuid() } == 0 {
+        let dir = scenarios::tempdir()?;
+        let l4 = l4::run(&lbd, &dir, plan.reps, plan.seconds, only.as_deref().filter(|o| o.starts_with("l4-")).or(only.as_ref().map(|_| "none")))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        l4
+    } else {
+        notes.push(("l4".into(), "the XDP L4 scenarios need root (network namespaces, XDP): not run".into()));
+        vec![]
+    };
+    let text = report::write(&out, &plan, &samples, &l4, &notes)?;
     println!("{text}");
     println!("report: {}", out.join("REPORT.md").display());
     Ok(())

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::l4::L4Sample;
 use crate::scenarios::{Plan, Sample};
 
 /// Median, min and max of a metric over repetitions.
@@ -73,7 +74,7 @@ fn human(v: f64, bulk: bool) -> String {
 }
 
 /// Writes the report and chart; returns the printed summary.
-pub fn write(out: &Path, plan: &Plan, samples: &[Sample], notes: &[(String, String)]) -> anyhow::Result<String> {
+pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], notes: &[(String, String)]) -> anyhow::Result<String> {
     let rows = rows(samples);
     let env = &plan.env;
     let mut md = String::new();
@@ -153,6 +154,7 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], notes: &[(String, Stri
     if let Some(r) = rows.get(&("idle-conns", "lbd")) {
         writeln!(summary, "- idle-conns: lbd RSS {:.1} MiB with {:.0} connections, {:.1} KiB per connection", r.rss / 1048576.0, r.count, r.rss_per_conn / 1024.0)?;
     }
+    l4_section(&mut md, &mut summary, l4)?;
     writeln!(md, "## Key ratios\n\n{}", summary.lines().skip(1).collect::<Vec<_>>().join("\n"))?;
     writeln!(md, "\n![per CPU-second relative to HAProxy](efficiency.svg)\n")?;
     writeln!(md, "## Reproduce\n\n```sh\ncargo xtask bench{}\n```\n", if plan.quick { " --quick" } else { "" })?;
@@ -195,5 +197,55 @@ fn chart(path: &Path, plan: &Plan, rows: &BTreeMap<(&'static str, &'static str),
     chart.draw_series(scenarios.iter().enumerate().map(|(g, s)| Text::new(s.to_string(), (g as f64 + 0.15, -ymax * 0.03), ("sans-serif", 14))))?;
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present()?;
+    Ok(())
+}
+
+/// The XDP L4 scenarios: a table per scenario and the XDP / userspace ratios.
+fn l4_section(md: &mut String, summary: &mut String, l4: &[L4Sample]) -> anyhow::Result<()> {
+    if l4.is_empty() {
+        return Ok(());
+    }
+    let per = |f: &dyn Fn(&L4Sample) -> f64, scenario: &str, contender: &str| -> Stat {
+        stat(l4.iter().filter(|s| s.scenario == scenario && s.contender == contender).map(f).collect())
+    };
+    let pkt_per_cpu = |s: &L4Sample| s.client_packets / s.lb_cpu;
+    let req_per_cpu = |s: &L4Sample| s.load.requests / s.lb_cpu;
+    for (scenario, what) in crate::l4::SCENARIOS {
+        if !l4.iter().any(|s| s.scenario == scenario) {
+            continue;
+        }
+        writeln!(md, "## {scenario} — {what}\n")?;
+        writeln!(md, "Client namespace (wrk -t 2 -c 32) → lb node → member namespace (nginx), veth links, each contender alone while measured. lb-side CPU = machine busy CPU − generator − member (see `benches/src/l4.rs`).\n")?;
+        writeln!(md, "| contender | req/s median | client packets/s | lb-side cores busy | packets per lb-side CPU-second (min–max) | requests per lb-side CPU-second | contender process CPU (cores) | generator cores | errors |\n|---|---|---|---|---|---|---|---|---|")?;
+        for c in crate::l4::CONTENDERS {
+            let rows: Vec<&L4Sample> = l4.iter().filter(|s| s.scenario == scenario && s.contender == c).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let secs = |s: &L4Sample| s.load.seconds.max(1e-9);
+            let p = per(&pkt_per_cpu, scenario, c);
+            writeln!(
+                md,
+                "| {c} | {:.0} | {:.0} | {:.2} | {:.0} ({:.0}–{:.0}) | {:.0} | {:.2} | {:.2} | {:.0} |",
+                per(&|s| s.load.requests / secs(s), scenario, c).median,
+                per(&|s| s.client_packets / secs(s), scenario, c).median,
+                per(&|s| s.lb_cpu / secs(s), scenario, c).median,
+                p.median,
+                p.min,
+                p.max,
+                per(&req_per_cpu, scenario, c).median,
+                per(&|s| s.process_cpu / secs(s), scenario, c).median,
+                per(&|s| s.generator_cpu / secs(s), scenario, c).median,
+                per(&|s| s.load.errors, scenario, c).median,
+            )?;
+        }
+        writeln!(md)?;
+        for other in ["haproxy-tcp", "lbd-userspace"] {
+            let (x, o) = (per(&pkt_per_cpu, scenario, "lbd-xdp").median, per(&pkt_per_cpu, scenario, other).median);
+            if x > 0.0 && o > 0.0 {
+                writeln!(summary, "- {scenario}: packets per lb-side CPU-second, lbd-xdp / {other} = {:.2}", x / o)?;
+            }
+        }
+    }
     Ok(())
 }

@@ -73,7 +73,8 @@ impl Plan {
             .into_iter()
             .filter(|s| only.map_or(!quick || quick_set.contains(&s.name), |o| o == s.name))
             .collect();
-        anyhow::ensure!(!scenarios.is_empty(), "no scenario named {only:?}");
+        let l4 = only.is_some_and(|o| crate::l4::SCENARIOS.iter().any(|(n, _)| *n == o));
+        anyhow::ensure!(!scenarios.is_empty() || l4, "no scenario named {only:?}");
         let env = Env {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -120,6 +121,9 @@ pub struct Sample {
 
 /// Starts everything, runs the plan, stops everything.
 pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Vec<(String, String)>)> {
+    if plan.scenarios.is_empty() {
+        return Ok((vec![], vec![]));
+    }
     let dir = tempdir()?;
     let certs = servers::certs(&dir)?;
     let backend = servers::backend(&dir.join("backend"))?;
@@ -185,7 +189,7 @@ fn measure(plan: &Plan, scenario: &Scenario, c: &Server, plain: bool, dir: &Path
     Ok(Sample { scenario: scenario.name, contender: c.name, load, server_cpu, generator_cpu, rss_before, rss_after })
 }
 
-fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+pub fn tempdir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("lb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -177,14 +177,14 @@ fn curl(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn token(url: &str, password: &str) -> anyhow::Result<String> {
+pub fn token(url: &str, password: &str) -> anyhow::Result<String> {
     let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "admin", "domain": {"name": "Default"}, "password": password}}},
                       "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}});
     let head = curl(&["-D", "-", "-o", "/dev/null", "-X", "POST", "-H", "content-type: application/json", "-d", &body.to_string(), &format!("{url}/v3/auth/tokens")])?;
     head.lines().find_map(|l| l.strip_prefix("x-subject-token: ")).map(|t| t.trim().to_string()).context("no token from lbd")
 }
 
-fn call(url: &str, token: &str, path: &str, body: Value) -> anyhow::Result<Value> {
+pub fn call(url: &str, token: &str, path: &str, body: Value) -> anyhow::Result<Value> {
     let out = curl(&["-X", "POST", "-H", "content-type: application/json", "-H", &format!("x-auth-token: {token}"), "-d", &body.to_string(), &format!("{url}{path}")])?;
     let v: Value = serde_json::from_str(&out).with_context(|| format!("{path}: {out}"))?;
     if v.get("faultstring").is_some() || v.get("error").is_some() {

@@ -202,8 +202,43 @@ openstack loadbalancer create --name lb1 --vip-subnet-id lo-127.0.0.0 --vip-addr
         assert!(err.contains("no secret or container 9b6a3d4e-1f2a-4c3b-8d7e-0a1b2c3d4e5f"), "{err}");
         let err = lbd.os_fails(&["loadbalancer", "create", "--name", "x", "--vip-subnet-id", "lo-127.0.0.0", "--vip-address", "192.0.2.250"]);
         assert!(err.contains("not an address of this host") || err.contains("not in subnet"), "{err}");
-        let err = lbd.os_fails(&["loadbalancer", "listener", "create", "--protocol", "UDP", "--protocol-port", "53", "lb1"]);
-        assert!(err.contains("UDP"), "{err}");
+        let err = lbd.os_fails(&["loadbalancer", "listener", "create", "--protocol", "SCTP", "--protocol-port", "53", "lb1"]);
+        assert!(err.contains("SCTP") && err.contains("HTTP 400"), "{err}");
+        let err = lbd.os_fails(&["loadbalancer", "listener", "create", "--protocol", "TCP", "--protocol-port", "5353", "--allowed-cidr", "127.0.0.1/8", "lb1"]);
+        assert!(err.contains("'127.0.0.1/8' has host bits set; the network is 127.0.0.0/8"), "{err}");
+        let err = lbd.os_fails(&["loadbalancer", "listener", "create", "--protocol", "TCP", "--protocol-port", "5353", "--allowed-cidr", "::/0", "lb1"]);
+        assert!(err.contains("IP version incompatible"), "{err}");
+
+        // allowed_cidrs through the CLI: enforced by lbd's own listener where no XDP program
+        // runs (loopback); a source outside is closed at once and counted.
+        let open_port = lb_tests::free_port();
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend_port = backend.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for c in backend.incoming() {
+                let Ok(mut c) = c else { return };
+                let _ = std::io::Write::write_all(&mut c, b"hello from the member\n");
+            }
+        });
+        lbd.script(&work, &format!(r#"
+openstack loadbalancer listener create --name cidr --protocol TCP --protocol-port {open_port} --allowed-cidr 127.0.0.2/32 --wait lb1
+openstack loadbalancer pool create --name cidrpool --lb-algorithm ROUND_ROBIN --listener cidr --protocol TCP --wait
+openstack loadbalancer member create --address 127.0.0.1 --protocol-port {backend_port} --wait cidrpool
+"#));
+        assert_eq!(lbd.os(&["loadbalancer", "listener", "show", "cidr", "-f", "value", "-c", "allowed_cidrs"]), "['127.0.0.2/32']");
+        let from = |src: &str| {
+            let out = Command::new("curl").args(["-s", "--max-time", "3", "--interface", src, &format!("telnet://127.0.0.1:{open_port}")]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        assert_eq!(from("127.0.0.2"), "hello from the member\n");
+        assert_eq!(from("127.0.0.1"), "", "a source outside allowed_cidrs gets nothing");
+        let metrics = String::from_utf8_lossy(&sh(Command::new("curl").args(["-s", &format!("{url}/metrics")])).stdout).to_string();
+        assert!(metrics.contains("lb_connections_denied_total{") && metrics.contains("reason=\"allowed_cidrs\"} 1"), "{metrics}");
+        // A UDP listener needs the XDP data path: ERROR, with the reason in the log.
+        lbd.os(&["loadbalancer", "listener", "create", "--name", "dns", "--protocol", "UDP", "--protocol-port", "53", "--wait", "lb1"]);
+        assert_eq!(lbd.os(&["loadbalancer", "listener", "show", "dns", "-f", "value", "-c", "provisioning_status"]), "ERROR");
+        lbd.os(&["loadbalancer", "listener", "delete", "dns", "--wait"]);
+        lbd.os(&["loadbalancer", "listener", "delete", "cidr", "--wait"]);
 
         // Missing token: 401 in each service's format.
         for path in ["/v2.0/lbaas/loadbalancers", "/v1/secrets"] {

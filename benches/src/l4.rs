@@ -1,0 +1,256 @@
+//! The L4 comparison: lbd's XDP path against userspace TCP proxies (HAProxy `mode tcp`, and
+//! lbd's own userspace forwarding) on one namespace topology — a client namespace running wrk,
+//! the lb node (the root namespace) and a member namespace running Debian's nginx, joined by
+//! veth pairs. Each contender runs alone while it is measured (the XDP program is attached
+//! only while lbd-xdp runs), in turn, for each repetition.
+//!
+//! The CPU the lb node spends cannot be read off one process: XDP runs in the kernel's receive
+//! path, not in lbd. So "lb-side CPU" is the machine's busy time (/proc/stat) minus the load
+//! generator's and the member server's own CPU: it holds the contender's process time and all
+//! kernel work done outside those two processes (the XDP program, softirq receive processing
+//! for every socket, the veth transfers). That includes some of the client's and member's
+//! kernel work too, for every contender alike, so the ratios it gives understate the XDP
+//! advantage rather than overstate it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use crate::load::{self, Load};
+use crate::procs;
+
+const CLIENT_NS: &str = "lbbench-c";
+const MEMBER_NS: &str = "lbbench-m";
+const CLIENT_LINK: &str = "lbbench1";
+const MEMBER_LINK: &str = "lbbench2";
+const VIP: &str = "10.250.1.1";
+const MEMBER: &str = "10.250.2.2";
+const MEMBER_PORT: u16 = 8080;
+const VIP_PORT: u16 = 80;
+
+pub const SCENARIOS: [(&str, &str); 2] = [
+    ("l4-keepalive", "1 KiB responses over 32 keep-alive TCP connections (packets forwarded)"),
+    ("l4-connections", "a new TCP connection per 1 KiB request (Connection: close; connections/s)"),
+];
+
+pub const CONTENDERS: [&str; 3] = ["lbd-xdp", "lbd-userspace", "haproxy-tcp"];
+
+/// One L4 measurement.
+#[derive(Clone, Debug)]
+pub struct L4Sample {
+    pub scenario: &'static str,
+    pub contender: &'static str,
+    pub load: Load,
+    /// Packets the client's interface sent and received.
+    pub client_packets: f64,
+    /// Machine busy CPU minus generator and member (see the module doc).
+    pub lb_cpu: f64,
+    /// The contender's own processes.
+    pub process_cpu: f64,
+    pub generator_cpu: f64,
+    pub member_cpu: f64,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cmd: &mut Command) -> anyhow::Result<Proc> {
+    use std::os::unix::process::CommandExt;
+    let child = cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::null()).spawn().with_context(|| format!("failed to run {cmd:?}"))?;
+    Ok(Proc(child))
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    crate::run(Command::new("ip").args(args))
+}
+
+/// The topology; deleted when dropped.
+struct Topology;
+
+impl Topology {
+    fn new() -> anyhow::Result<Topology> {
+        for ns in [CLIENT_NS, MEMBER_NS] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        for (ns, link, host, peer) in [(CLIENT_NS, CLIENT_LINK, "10.250.1.1", "10.250.1.2"), (MEMBER_NS, MEMBER_LINK, "10.250.2.1", MEMBER)] {
+            ip(&["netns", "add", ns])?;
+            ip(&["link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+            ip(&["addr", "add", &format!("{host}/24"), "dev", link])?;
+            ip(&["link", "set", link, "up"])?;
+            ip(&["-n", ns, "addr", "add", &format!("{peer}/24"), "dev", "eth0"])?;
+            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "route", "add", "default", "via", host])?;
+            // As in the XDP tests: no partial checksums from veth, NAPI on for redirected frames.
+            crate::run(Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off", "gro", "on"]))?;
+        }
+        Ok(Topology)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [CLIENT_NS, MEMBER_NS] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Busy CPU seconds of the whole machine since boot.
+fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 = f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    busy / 100.0
+}
+
+fn client_packets() -> f64 {
+    let read = |what: &str| -> f64 {
+        Command::new("ip")
+            .args(["netns", "exec", CLIENT_NS, "cat", &format!("/sys/class/net/eth0/statistics/{what}")])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    read("rx_packets") + read("tx_packets")
+}
+
+/// The member: nginx in the member namespace serving /1k.
+fn member(dir: &Path) -> anyhow::Result<Proc> {
+    let root = dir.join("www");
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("1k"), vec![b'x'; 1024])?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\nevents {{ worker_connections 16384; }}\n\
+             http {{ access_log off; keepalive_requests 1000000; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;\n\
+               fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
+               server {{ listen {MEMBER}:{MEMBER_PORT} reuseport; root {r}; location / {{ }} }} }}\n",
+            d = dir.display(),
+            r = root.display()
+        ),
+    )?;
+    let p = spawn(Command::new("ip").args(["netns", "exec", MEMBER_NS, "nginx", "-c"]).arg(&conf).arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")))?;
+    wait_for(&["netns", "exec", MEMBER_NS, "curl", "-sf", "-o", "/dev/null", &format!("http://{MEMBER}:{MEMBER_PORT}/1k")])?;
+    Ok(p)
+}
+
+fn wait_for(ip_args: &[&str]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if Command::new("ip").args(ip_args).output().map(|o| o.status.success()).unwrap_or(false) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("timed out waiting for `ip {}`", ip_args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `name` on the lb node, forwarding VIP:80 to the member, and waits until a request
+/// from the client passes.
+fn contender(name: &str, lbd: &Path, dir: &Path) -> anyhow::Result<Proc> {
+    let p = match name {
+        "haproxy-tcp" => {
+            let conf = dir.join("haproxy-l4.cfg");
+            std::fs::write(
+                &conf,
+                format!(
+                    "global\n  nbthread 2\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                     frontend f\n  bind {VIP}:{VIP_PORT}\n  default_backend b\nbackend b\n  server s1 {MEMBER}:{MEMBER_PORT} maxconn 20000\n"
+                ),
+            )?;
+            spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&conf).stderr(Stdio::null()))?
+        }
+        _ => {
+            let state = dir.join(format!("state-{name}"));
+            let _ = std::fs::remove_dir_all(&state);
+            let api = crate::servers::free_port();
+            let mut cmd = Command::new(lbd);
+            cmd.args(["serve", "--api-listen", &format!("127.0.0.1:{api}"), "--ktls", "off"]);
+            if name == "lbd-xdp" {
+                cmd.args(["--xdp-interface", CLIENT_LINK, "--xdp-interface", MEMBER_LINK]);
+            }
+            cmd.env("LBD_STATE_DIR", &state).env("LBD_LOG", "warn").stderr(std::fs::File::create(dir.join(format!("{name}.log")))?);
+            let p = spawn(&mut cmd)?;
+            let url = format!("http://127.0.0.1:{api}");
+            let started = Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
+                if started.elapsed() > Duration::from_secs(20) {
+                    bail!("{name} did not start: {}", std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let password = std::fs::read_to_string(state.join("admin-password")).context("lbd admin password")?;
+            let token = crate::servers::token(&url, password.trim())?;
+            let lb = json!({"loadbalancer": {"name": "l4", "vip_address": VIP, "vip_subnet_id": format!("{CLIENT_LINK}-10.250.1.0"),
+                "listeners": [{"name": "l", "protocol": "TCP", "protocol_port": VIP_PORT,
+                    "default_pool": {"name": "p", "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN",
+                        "members": [{"address": MEMBER, "protocol_port": MEMBER_PORT}]}}]}});
+            crate::servers::call(&url, &token, "/v2.0/lbaas/loadbalancers", lb)?;
+            p
+        }
+    };
+    wait_for(&["netns", "exec", CLIENT_NS, "curl", "-sf", "--max-time", "2", "-o", "/dev/null", &format!("http://{VIP}:{VIP_PORT}/1k")])?;
+    Ok(p)
+}
+
+/// Runs every L4 scenario against every contender, `reps` times, `seconds` each.
+pub fn run(lbd: &Path, dir: &Path, reps: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<Vec<L4Sample>> {
+    let scenarios: Vec<(&'static str, &'static str)> = SCENARIOS.iter().copied().filter(|(n, _)| only.is_none_or(|o| o == *n)).collect();
+    if scenarios.is_empty() {
+        return Ok(vec![]);
+    }
+    let dir: PathBuf = dir.join("l4");
+    std::fs::create_dir_all(&dir)?;
+    let _topology = Topology::new()?;
+    let member = member(&dir.join("member"))?;
+    let mut samples = Vec::new();
+    for rep in 0..reps {
+        for name in CONTENDERS {
+            let c = contender(name, lbd, &dir).with_context(|| format!("starting {name}"))?;
+            for (scenario, _) in &scenarios {
+                let headers: &[&str] = if *scenario == "l4-connections" { &["Connection: close"] } else { &[] };
+                let pids = procs::tree(c.0.id());
+                let member_pids = procs::tree(member.0.id());
+                let (m0, p0, mem0, g0, pk0) = (machine_busy(), procs::cpu_seconds(&pids), procs::cpu_seconds(&member_pids), procs::children_cpu_seconds(), client_packets());
+                let load = load::wrk_in(CLIENT_NS, &dir, &format!("http://{VIP}:{VIP_PORT}/1k"), 2, 32, seconds, headers)?;
+                let generator_cpu = procs::children_cpu_seconds() - g0;
+                let member_cpu = procs::cpu_seconds(&procs::tree(member.0.id())) - mem0;
+                let process_cpu = procs::cpu_seconds(&procs::tree(c.0.id())) - p0;
+                let lb_cpu = (machine_busy() - m0 - generator_cpu - member_cpu).max(1e-3);
+                let s = L4Sample { scenario, contender: name, client_packets: client_packets() - pk0, load, lb_cpu, process_cpu, generator_cpu, member_cpu };
+                eprintln!(
+                    "rep {} {:>15} {:>14}: {:>8.0} req/s {:>9.0} pkt/s, lb-side CPU {:.2}s (process {:.2}s), generator {:.2}s, member {:.2}s",
+                    rep + 1,
+                    scenario,
+                    name,
+                    s.load.requests / s.load.seconds.max(1e-9),
+                    s.client_packets / s.load.seconds.max(1e-9),
+                    s.lb_cpu,
+                    s.process_cpu,
+                    s.generator_cpu,
+                    s.member_cpu
+                );
+                samples.push(s);
+            }
+        }
+    }
+    Ok(samples)
+}
