@@ -27,14 +27,15 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut lbd, mut out, mut quick, mut only) = (None, PathBuf::from("target/bench"), false, None);
+    let (mut lbd, mut out, mut quick, mut only, mut guest) = (None, PathBuf::from("target/bench"), false, None, None);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--lbd" => lbd = args.next().map(PathBuf::from),
             "--out" => out = args.next().map(PathBuf::from).context("--out DIR")?,
             "--quick" => quick = true,
             "--scenario" => only = args.next(),
-            other => bail!("unknown argument {other:?} (usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME])"),
+            "--guest-insns" => guest = args.next().map(PathBuf::from),
+            other => bail!("unknown argument {other:?} (usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME] [--guest-insns FILE])"),
         }
     }
     let lbd = lbd.context("--lbd PATH (the release lbd binary)")?;
@@ -52,7 +53,11 @@ fn main() -> anyhow::Result<()> {
         notes.push(("l4".into(), "the XDP L4 scenarios need root (network namespaces, XDP): not run".into()));
         vec![]
     };
-    let text = report::write(&out, &plan, &samples, &l4, &notes)?;
+    let guest = match guest {
+        Some(f) => Some(report::GuestInsns::read(&f)?),
+        None => None,
+    };
+    let text = report::write(&out, &plan, &samples, &l4, guest.as_ref(), &notes)?;
     println!("{text}");
     println!("report: {}", out.join("REPORT.md").display());
     Ok(())

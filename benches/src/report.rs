@@ -74,7 +74,7 @@ fn human(v: f64, bulk: bool) -> String {
 }
 
 /// Writes the report and chart; returns the printed summary.
-pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], notes: &[(String, String)]) -> anyhow::Result<String> {
+pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest: Option<&GuestInsns>, notes: &[(String, String)]) -> anyhow::Result<String> {
     let rows = rows(samples);
     let env = &plan.env;
     let mut md = String::new();
@@ -155,6 +155,9 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], notes
         writeln!(summary, "- idle-conns: lbd RSS {:.1} MiB with {:.0} connections, {:.1} KiB per connection", r.rss / 1048576.0, r.count, r.rss_per_conn / 1024.0)?;
     }
     l4_section(&mut md, &mut summary, l4)?;
+    if let Some(g) = guest {
+        g.section(&mut md, &mut summary)?;
+    }
     writeln!(md, "## Key ratios\n\n{}", summary.lines().skip(1).collect::<Vec<_>>().join("\n"))?;
     writeln!(md, "\n![per CPU-second relative to HAProxy](efficiency.svg)\n")?;
     writeln!(md, "## Reproduce\n\n```sh\ncargo xtask bench{}\n```\n", if plan.quick { " --quick" } else { "" })?;
@@ -215,8 +218,8 @@ fn l4_section(md: &mut String, summary: &mut String, l4: &[L4Sample]) -> anyhow:
             continue;
         }
         writeln!(md, "## {scenario} — {what}\n")?;
-        writeln!(md, "Client namespace (wrk -t 2 -c 32) → lb node → member namespace (nginx), veth links, each contender alone while measured. lb-side CPU = machine busy CPU − generator − member (see `benches/src/l4.rs`).\n")?;
-        writeln!(md, "| contender | req/s median | client packets/s | lb-side cores busy | packets per lb-side CPU-second (min–max) | requests per lb-side CPU-second | contender process CPU (cores) | generator cores | errors |\n|---|---|---|---|---|---|---|---|---|")?;
+        writeln!(md, "Client namespace (wrk -t 2 -c 32) → lb node → member namespace (nginx), veth links, each contender alone while measured. lb CPU: the proxy's processes; for lbd-xdp, lbd's process plus the XDP program's run time from the kernel's BPF statistics (the driver's redirect/transmit work after the program is not in it; see `benches/src/l4.rs`). Machine CPU per 1k requests covers everything (generator and member too) and attributes nothing.\n")?;
+        writeln!(md, "| contender | req/s median | client packets/s | lb cores busy (process + XDP) | packets per lb CPU-second (min–max) | requests per lb CPU-second | machine CPU-ms per 1k requests | generator cores | errors |\n|---|---|---|---|---|---|---|---|---|")?;
         for c in crate::l4::CONTENDERS {
             let rows: Vec<&L4Sample> = l4.iter().filter(|s| s.scenario == scenario && s.contender == c).collect();
             if rows.is_empty() {
@@ -226,7 +229,7 @@ fn l4_section(md: &mut String, summary: &mut String, l4: &[L4Sample]) -> anyhow:
             let p = per(&pkt_per_cpu, scenario, c);
             writeln!(
                 md,
-                "| {c} | {:.0} | {:.0} | {:.2} | {:.0} ({:.0}–{:.0}) | {:.0} | {:.2} | {:.2} | {:.0} |",
+                "| {c} | {:.0} | {:.0} | {:.3} | {:.0} ({:.0}–{:.0}) | {:.0} | {:.0} | {:.2} | {:.0} |",
                 per(&|s| s.load.requests / secs(s), scenario, c).median,
                 per(&|s| s.client_packets / secs(s), scenario, c).median,
                 per(&|s| s.lb_cpu / secs(s), scenario, c).median,
@@ -234,7 +237,7 @@ fn l4_section(md: &mut String, summary: &mut String, l4: &[L4Sample]) -> anyhow:
                 p.min,
                 p.max,
                 per(&req_per_cpu, scenario, c).median,
-                per(&|s| s.process_cpu / secs(s), scenario, c).median,
+                per(&|s| s.machine_cpu * 1e6 / s.load.requests.max(1.0), scenario, c).median,
                 per(&|s| s.generator_cpu / secs(s), scenario, c).median,
                 per(&|s| s.load.errors, scenario, c).median,
             )?;
@@ -243,9 +246,54 @@ fn l4_section(md: &mut String, summary: &mut String, l4: &[L4Sample]) -> anyhow:
         for other in ["haproxy-tcp", "lbd-userspace"] {
             let (x, o) = (per(&pkt_per_cpu, scenario, "lbd-xdp").median, per(&pkt_per_cpu, scenario, other).median);
             if x > 0.0 && o > 0.0 {
-                writeln!(summary, "- {scenario}: packets per lb-side CPU-second, lbd-xdp / {other} = {:.2}", x / o)?;
+                writeln!(summary, "- {scenario}: packets per lb CPU-second, lbd-xdp / {other} = {:.2}", x / o)?;
+            }
+            let machine = |c: &str| per(&|s: &L4Sample| s.machine_cpu / s.load.requests.max(1.0), scenario, c).median;
+            if machine("lbd-xdp") > 0.0 && machine(other) > 0.0 {
+                writeln!(summary, "- {scenario}: machine CPU per request, {other} / lbd-xdp = {:.2}", machine(other) / machine("lbd-xdp"))?;
             }
         }
     }
     Ok(())
+}
+
+/// Guest instruction counts per (mode, transfer size), from `cargo xtask bench`'s guest runs.
+pub struct GuestInsns {
+    /// mode → [(bytes, instructions)] for the small and the large transfer.
+    modes: BTreeMap<String, Vec<(f64, f64)>>,
+}
+
+impl GuestInsns {
+    pub fn read(path: &Path) -> anyhow::Result<GuestInsns> {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+        let mut modes = BTreeMap::new();
+        for (mode, runs) in v.as_object().into_iter().flatten() {
+            let runs = runs.as_array().into_iter().flatten().map(|r| (r["bytes"].as_f64().unwrap_or(0.0), r["instructions"].as_f64().unwrap_or(0.0))).collect();
+            modes.insert(mode.clone(), runs);
+        }
+        Ok(GuestInsns { modes })
+    }
+
+    /// Instructions per byte moved: the difference between the two transfer sizes.
+    fn per_byte(&self, mode: &str) -> Option<f64> {
+        let runs = self.modes.get(mode)?;
+        let (small, large) = (runs.first()?, runs.last()?);
+        (large.0 > small.0).then(|| (large.1 - small.1) / (large.0 - small.0))
+    }
+
+    fn section(&self, md: &mut String, summary: &mut String) -> anyhow::Result<()> {
+        writeln!(md, "## guest-insns — kTLS versus userspace TLS, in guest instructions per byte\n")?;
+        writeln!(md, "A QEMU guest on Debian's kernel (which has kTLS), under TCG with our instruction-counting plugin (`benches/tcg-insns`, vCPUs on one TCG thread so counts are exact). One boot per mode and size runs `lb-guest-transfer`: a backend sends N bytes over TCP, lbd terminates TLS 1.3 AES-128-GCM in raw mode (kTLS: splice between the sockets; userspace: rustls and a copy loop), a rustls client reads them. Counts cover the whole guest, user and kernel, boot included; instructions per byte = (count(large) − count(small)) / (large − small), which leaves only the bytes' cost. The client's decryption is in both. Emulated timings mean nothing; instruction counts do not depend on them.\n")?;
+        writeln!(md, "| mode | small transfer | instructions | large transfer | instructions | instructions per byte |\n|---|---|---|---|---|---|")?;
+        for (mode, runs) in &self.modes {
+            if let (Some(s), Some(l), Some(p)) = (runs.first(), runs.last(), self.per_byte(mode)) {
+                writeln!(md, "| {mode} | {:.0} MiB | {:.3e} | {:.0} MiB | {:.3e} | {p:.2} |", s.0 / 1048576.0, s.1, l.0 / 1048576.0, l.1)?;
+            }
+        }
+        writeln!(md)?;
+        if let (Some(k), Some(u)) = (self.per_byte("ktls"), self.per_byte("userspace")) {
+            writeln!(summary, "- guest instructions per byte, kTLS raw / userspace raw = {:.2} ({k:.2} vs {u:.2})", k / u)?;
+        }
+        Ok(())
+    }
 }

@@ -53,7 +53,8 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// Run only this scenario (bulk-1m-c1, bulk-1m-c64, bulk-64m-c1, small-1k-h1,
-        /// small-1k-h2, handshake-full, handshake-resumed, idle-conns).
+        /// small-1k-h2, handshake-full, handshake-resumed, idle-conns, l4-keepalive,
+        /// l4-connections, guest-insns).
         #[arg(long)]
         scenario: Option<String>,
     },
@@ -71,6 +72,8 @@ const APT_PACKAGES: &[&str] = &[
     "curl", "openssl", "nghttp2-client", "haproxy", "nginx", "wrk", "iproute2", "qemu-system-x86", "busybox-static", "xz-utils", "python3-venv", "ethtool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The benchmark scenario run in the guest (instruction counts).
+const GUEST_SCENARIO: &str = "guest-insns";
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -222,6 +225,49 @@ fn build_ebpf() -> anyhow::Result<()> {
         .env_remove("CARGO"))
 }
 
+/// Transfer sizes of the guest instruction counts (small, large): the difference between the
+/// two runs is the cost of `large - small` bytes alone.
+fn guest_sizes(quick: bool) -> (u64, u64) {
+    if quick { (1 << 20, 9 << 20) } else { (16 << 20, 272 << 20) }
+}
+
+/// The guest half of the benchmark: lbd's kTLS raw path against its userspace path, in guest
+/// instructions per byte (whole guest, user + kernel), counted by our TCG plugin. Boots the
+/// guest once per (mode, size). Writes `out` (JSON) for lb-bench's report.
+fn guest_insns(quick: bool, profile: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    let mut build = Command::new("cargo");
+    build.args(["build", "--locked", "-p", "lb-tests", "--bin", "lb-guest-transfer", "-p", "lb-tcg-insns"]);
+    if profile == "release" {
+        build.arg("--release");
+    }
+    run(build.current_dir(workspace_root()))?;
+    let target = workspace_root().join("target").join(profile);
+    let library = target.join("liblb_tcg_insns.so");
+    let (small, large) = guest_sizes(quick);
+    let mut modes = serde_json::Map::new();
+    for mode in ["userspace", "ktls"] {
+        let mut counts = Vec::new();
+        for bytes in [small, large] {
+            let count_file = workspace_root().join("target/bench").join(format!("insns-{mode}-{bytes}"));
+            let _ = std::fs::remove_file(&count_file);
+            std::fs::create_dir_all(count_file.parent().unwrap())?;
+            let plugin = vm::Plugin { library: library.clone(), options: format!("out={}", count_file.display()) };
+            let argv = vec![target.join("lb-guest-transfer").display().to_string(), "--mode".into(), mode.into(), "--bytes".into(), bytes.to_string()];
+            let code = vm::run_in_guest_with(&argv, &[], Duration::from_secs(1800), Some(&plugin))?;
+            if code != 0 {
+                bail!("guest transfer ({mode}, {bytes} bytes) exited with {code}");
+            }
+            let text = std::fs::read_to_string(&count_file).with_context(|| format!("the TCG plugin wrote no count to {}", count_file.display()))?;
+            let insns: u64 = text.trim().parse().with_context(|| format!("count {text:?}"))?;
+            eprintln!("xtask bench: guest {mode} {bytes} bytes: {insns} instructions");
+            counts.push(serde_json::json!({"bytes": bytes, "instructions": insns}));
+        }
+        modes.insert(mode.into(), serde_json::Value::Array(counts));
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&serde_json::Value::Object(modes))?)?;
+    Ok(())
+}
+
 /// Builds lbd and the harness (release, or debug for `--quick`) and runs the harness.
 fn bench(quick: bool, scenario: Option<&str>) -> anyhow::Result<()> {
     let profile = if quick { "debug" } else { "release" };
@@ -234,6 +280,11 @@ fn bench(quick: bool, scenario: Option<&str>) -> anyhow::Result<()> {
     let target = workspace_root().join("target").join(profile);
     let mut cmd = Command::new(target.join("lb-bench"));
     cmd.arg("--lbd").arg(target.join("lbd")).arg("--out").arg(workspace_root().join("target/bench"));
+    if scenario.is_none_or(|s| s == GUEST_SCENARIO) {
+        let insns = workspace_root().join("target/bench/guest-insns.json");
+        guest_insns(quick, profile, &insns)?;
+        cmd.arg("--guest-insns").arg(&insns);
+    }
     if quick {
         cmd.arg("--quick");
     }

@@ -202,6 +202,18 @@ fn quote(word: &str) -> String {
 /// Boots one guest that runs `argv` (as root, cwd = workspace root) and returns its exit status.
 /// Output streams to our stdout as the guest prints it.
 pub fn run_in_guest(argv: &[String], env: &[(&str, &str)], timeout: Duration) -> anyhow::Result<i32> {
+    run_in_guest_with(argv, env, timeout, None)
+}
+
+/// A TCG plugin to load into the guest's QEMU: the library and its options (`key=value,...`).
+/// With a plugin the vCPUs share one TCG thread, so the plugin's counts are exact.
+pub struct Plugin {
+    pub library: PathBuf,
+    pub options: String,
+}
+
+/// [`run_in_guest`], optionally with a TCG plugin loaded.
+pub fn run_in_guest_with(argv: &[String], env: &[(&str, &str)], timeout: Duration, plugin: Option<&Plugin>) -> anyhow::Result<i32> {
     let kernel = kernel()?;
     let initrd = initramfs(&kernel)?;
     let xfer = cache_dir().join(format!("xfer-{}", std::process::id()));
@@ -219,8 +231,14 @@ pub fn run_in_guest(argv: &[String], env: &[(&str, &str)], timeout: Duration) ->
     script.push('\n');
     std::fs::write(xfer.join("run.sh"), script)?;
 
-    let accel = std::env::var("LB_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
+    let accel = match plugin {
+        Some(_) => "tcg,thread=single".to_string(),
+        None => std::env::var("LB_VM_ACCEL").unwrap_or_else(|_| "tcg".into()),
+    };
     let mut qemu = Command::new("qemu-system-x86_64");
+    if let Some(p) = plugin {
+        qemu.arg("-plugin").arg(format!("{},{}", p.library.display(), p.options));
+    }
     qemu.args(["-accel", &accel, "-cpu", "max", "-smp", "2", "-m", "2048", "-nodefaults", "-no-reboot"])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none"])
         .arg("-kernel")
