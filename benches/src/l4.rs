@@ -101,6 +101,10 @@ impl Topology {
             // As in the XDP tests: no partial checksums from veth, NAPI on for redirected frames.
             crate::run(Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off", "gro", "on"]))?;
         }
+        // wrk closes each connection itself after a `Connection: close` response, so its
+        // single address would run out of ports to TIME_WAIT within a second at these rates:
+        // let the client reuse them (timestamps keep that safe) across the whole port range.
+        crate::run(Command::new("ip").args(["netns", "exec", CLIENT_NS, "sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65535"]))?;
         Ok(Topology)
     }
 }
@@ -229,24 +233,26 @@ fn bpf_run_seconds(pid: u32) -> f64 {
         / 1e9
 }
 
-/// Turns on the kernel's BPF run-time statistics while alive; restores the setting after.
-struct BpfStats(String);
+/// A sysctl set for as long as this lives; the old value comes back after.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
 
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-impl BpfStats {
-    fn enable() -> anyhow::Result<BpfStats> {
-        let old = std::fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
-        std::fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
-        Ok(BpfStats(old.trim().to_string()))
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> anyhow::Result<Sysctl> {
+        let old = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        std::fs::write(path, value).with_context(|| format!("writing {path}"))?;
+        Ok(Sysctl { path, old: old.trim().to_string() })
     }
 }
 
-impl Drop for BpfStats {
+impl Drop for Sysctl {
     fn drop(&mut self) {
-        let _ = std::fs::write(BPF_STATS, &self.0);
+        let _ = std::fs::write(self.path, &self.old);
     }
 }
+
 
 /// Runs every L4 scenario against every contender, `reps` times, `seconds` each.
 pub fn run(lbd: &Path, dir: &Path, reps: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<Vec<L4Sample>> {
@@ -257,7 +263,10 @@ pub fn run(lbd: &Path, dir: &Path, reps: usize, seconds: u32, only: Option<&str>
     let dir: PathBuf = dir.join("l4");
     std::fs::create_dir_all(&dir)?;
     let _topology = Topology::new()?;
-    let _stats = BpfStats::enable()?;
+    // The kernel's BPF run-time statistics (`run_time_ns`), for the XDP program's CPU.
+    let _stats = Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+    // The same for the userspace proxies' own connections to the member, on the lb node.
+    let _tw_reuse = Sysctl::set("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
     let member = member(&dir.join("member"))?;
     let mut samples = Vec::new();
     for rep in 0..reps {

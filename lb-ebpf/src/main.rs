@@ -308,12 +308,22 @@ fn new_flow(svc: &Service, key: &FlowKey, now: u64) -> Result<Flow, SvcCounter> 
                 chosen = Some(rkey.dport);
                 break;
             }
-            // The same client tuple (a SYN that starts over on a closed flow): reuse its port.
-            Some(r) if unsafe { (*r).client == key.src && (*r).client_port == key.sport } => {
-                chosen = Some(rkey.dport);
-                break;
+            // The same client tuple (a SYN that starts over on a closed flow), or a flow that
+            // is closing or already gone: the port is free to take. Without this, flows in
+            // their closing grace would hold the port range at high connection rates.
+            Some(r) => {
+                let r = unsafe { *r };
+                let same_client = r.client == key.src && r.client_port == key.sport;
+                let owner = FlowKey { src: r.client, dst: r.vip, sport: r.client_port, dport: r.vip_port, proto: key.proto, family: key.family, _pad: 0 };
+                let released = match CONNTRACK.get_ptr(&owner) {
+                    None => true,
+                    Some(f) => (unsafe { (*f).state }) == FLOW_CLOSING,
+                };
+                if same_client || released {
+                    chosen = Some(rkey.dport);
+                    break;
+                }
             }
-            Some(_) => {}
         }
     }
     let nat_port = chosen.ok_or(SvcCounter::DropNatPorts)?;
