@@ -11,7 +11,8 @@
 //!   program). XDP runs in the receive path of whoever sent the packet, and this kernel has no
 //!   IRQ time accounting, so no process's or /proc/stat's figure isolates it. Not in the XDP
 //!   figure: the driver's redirect and transmit work after the program returns.
-//! - **machine CPU per request**: all busy CPU of the machine (/proc/stat) per request, generator
+//! - **machine CPU per request**: all busy CPU of the machine (wall time × CPUs − idle time from
+//!   /proc/stat) per request, generator
 //!   and member included, the same for every contender: it shows the end-to-end difference
 //!   without attributing anything.
 
@@ -86,9 +87,7 @@ struct Topology;
 
 impl Topology {
     fn new() -> anyhow::Result<Topology> {
-        for ns in [CLIENT_NS, MEMBER_NS] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
+        Topology::remove();
         for (ns, link, host, peer) in [(CLIENT_NS, CLIENT_LINK, "10.250.1.1", "10.250.1.2"), (MEMBER_NS, MEMBER_LINK, "10.250.2.1", MEMBER)] {
             ip(&["netns", "add", ns])?;
             ip(&["link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
@@ -109,21 +108,32 @@ impl Topology {
     }
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
+impl Topology {
+    /// Deletes the links and namespaces (the links explicitly: a deleted namespace's veths
+    /// go away asynchronously, too late for a run that starts right after).
+    fn remove() {
+        for link in [CLIENT_LINK, MEMBER_LINK] {
+            let _ = Command::new("ip").args(["link", "del", link]).output();
+        }
         for ns in [CLIENT_NS, MEMBER_NS] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
 }
 
-/// Busy CPU seconds of the whole machine since boot.
-fn machine_busy() -> f64 {
+impl Drop for Topology {
+    fn drop(&mut self) {
+        Topology::remove();
+    }
+}
+
+/// Idle CPU seconds of the whole machine since boot (idle + iowait). Idle time is measured
+/// exactly on tickless kernels; user and system time are sampled at ticks and miss short
+/// bursts, so busy time is derived as wall time × CPUs − idle time.
+fn machine_idle() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let f: Vec<f64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal
-    let busy: f64 = f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
-    busy / 100.0
+    (f.get(3).copied().unwrap_or(0.0) + f.get(4).copied().unwrap_or(0.0)) / 100.0
 }
 
 fn client_packets() -> f64 {
@@ -276,14 +286,15 @@ pub fn run(lbd: &Path, dir: &Path, reps: usize, seconds: u32, only: Option<&str>
                 let headers: &[&str] = if *scenario == "l4-connections" { &["Connection: close"] } else { &[] };
                 let pids = procs::tree(c.0.id());
                 let member_pids = procs::tree(member.0.id());
-                let (m0, p0, mem0, g0, pk0, x0) =
-                    (machine_busy(), procs::cpu_seconds(&pids), procs::cpu_seconds(&member_pids), procs::children_cpu_seconds(), client_packets(), bpf_run_seconds(c.0.id()));
+                let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+                let (t0, m0, p0, mem0, g0, pk0, x0) =
+                    (Instant::now(), machine_idle(), procs::cpu_seconds(&pids), procs::cpu_seconds(&member_pids), procs::children_cpu_seconds(), client_packets(), bpf_run_seconds(c.0.id()));
                 let load = load::wrk_in(CLIENT_NS, &dir, &format!("http://{VIP}:{VIP_PORT}/1k"), 2, 32, seconds, headers)?;
                 let generator_cpu = procs::children_cpu_seconds() - g0;
                 let member_cpu = procs::cpu_seconds(&procs::tree(member.0.id())) - mem0;
                 let process_cpu = procs::cpu_seconds(&procs::tree(c.0.id())) - p0;
                 let xdp_cpu = bpf_run_seconds(c.0.id()) - x0;
-                let machine_cpu = machine_busy() - m0;
+                let machine_cpu = t0.elapsed().as_secs_f64() * cpus - (machine_idle() - m0);
                 let lb_cpu = (process_cpu + xdp_cpu).max(1e-4);
                 let s = L4Sample { scenario, contender: name, client_packets: client_packets() - pk0, load, lb_cpu, process_cpu, xdp_cpu, machine_cpu, generator_cpu, member_cpu };
                 eprintln!(
