@@ -46,7 +46,14 @@ fn main() -> anyhow::Result<()> {
     // The L4 scenarios build network namespaces and attach XDP: root only.
     let l4 = if unsafe { libc::geteuid() } == 0 {
         let dir = scenarios::tempdir()?;
-        let l4 = l4::run(&lbd, &dir, plan.reps, plan.seconds, only.as_deref().filter(|o| o.starts_with("l4-")).or(only.as_ref().map(|_| "none")))?;
+        // `--quick` checks the harness with one L4 scenario.
+        let l4_only = match only.as_deref() {
+            Some(o) if o.starts_with("l4-") => Some(o),
+            Some(_) => Some("none"),
+            None if quick => Some("l4-keepalive"),
+            None => None,
+        };
+        let l4 = l4::run(&lbd, &dir, plan.reps, plan.seconds, l4_only)?;
         let _ = std::fs::remove_dir_all(&dir);
         l4
     } else {

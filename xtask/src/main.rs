@@ -236,7 +236,8 @@ fn guest_sizes(quick: bool) -> (u64, u64) {
 /// guest once per (mode, size). Writes `out` (JSON) for lb-bench's report.
 fn guest_insns(quick: bool, profile: &str, out: &std::path::Path) -> anyhow::Result<()> {
     let mut build = Command::new("cargo");
-    build.args(["build", "--locked", "-p", "lb-tests", "--bin", "lb-guest-transfer", "-p", "lb-tcg-insns"]);
+    // `--lib` too: with a target filter cargo builds only the named targets of each package.
+    build.args(["build", "--locked", "-p", "lb-tests", "--bin", "lb-guest-transfer", "-p", "lb-tcg-insns", "--lib"]);
     if profile == "release" {
         build.arg("--release");
     }
