@@ -114,7 +114,9 @@ pub struct Flow {
     pub nat_port: u16,
     pub state: u8,
     pub _pad: u8,
-    pub _pad2: u32,
+    /// The TCP initial sequence number of the SYN that opened the flow (raw, network order):
+    /// a SYN with it again is that SYN retransmitted, not a new flow.
+    pub syn_seq: u32,
     /// `bpf_ktime_get_ns` of the last packet in either direction.
     pub last_seen_ns: u64,
 }

@@ -110,6 +110,8 @@ struct L4 {
     udp: bool,
     /// TCP flags (0 for UDP).
     flags: u8,
+    /// TCP sequence number, raw (0 for UDP).
+    seq: u32,
 }
 
 #[xdp]
@@ -150,9 +152,11 @@ unsafe fn process(ctx: &XdpContext) -> Option<u32> {
     let l4 = match proto {
         PROTO_TCP => {
             let flags: *const u8 = ptr_at(ctx, L4_OFF + 13)?;
-            L4 { ports: ptr_at(ctx, L4_OFF)?, csum: ptr_at(ctx, L4_OFF + 16)?, udp: false, flags: unsafe { *flags } }
+            let seq: *const [u8; 4] = ptr_at(ctx, L4_OFF + 4)?;
+            let (flags, seq) = unsafe { (*flags, u32::from_ne_bytes(*seq)) };
+            L4 { ports: ptr_at(ctx, L4_OFF)?, csum: ptr_at(ctx, L4_OFF + 16)?, udp: false, flags, seq }
         }
-        PROTO_UDP => L4 { ports: ptr_at(ctx, L4_OFF)?, csum: ptr_at(ctx, L4_OFF + 6)?, udp: true, flags: 0 },
+        PROTO_UDP => L4 { ports: ptr_at(ctx, L4_OFF)?, csum: ptr_at(ctx, L4_OFF + 6)?, udp: true, flags: 0, seq: 0 },
         _ => return Some(xdp_action::XDP_PASS),
     };
     let (src, dst) = unsafe { (addr16((*ip).saddr), addr16((*ip).daddr)) };
@@ -191,8 +195,9 @@ unsafe fn process(ctx: &XdpContext) -> Option<u32> {
     }
 
     let flow = match CONNTRACK.get_ptr_mut(&key) {
-        // A SYN on a closed tuple starts a new flow; anything else continues the old one.
-        Some(f) if !(syn && unsafe { (*f).state } == FLOW_CLOSING) => unsafe {
+        // A SYN on a closed tuple starts a new flow, unless it is the SYN that opened the old
+        // one, retransmitted and arriving late; anything else continues the old flow.
+        Some(f) if !(syn && unsafe { (*f).state == FLOW_CLOSING && (*f).syn_seq != l4.seq }) => unsafe {
             (*f).last_seen_ns = now;
             if l4.flags & (TCP_FIN | TCP_RST) != 0 {
                 (*f).state = FLOW_CLOSING;
@@ -208,7 +213,7 @@ unsafe fn process(ctx: &XdpContext) -> Option<u32> {
             if let Err(reason) = admit(&svc, src, now) {
                 return Some(drop_for(svc.id, reason));
             }
-            match new_flow(&svc, &key, now) {
+            match new_flow(&svc, &key, l4.seq, now) {
                 Ok(f) => f,
                 Err(reason) => return Some(drop_for(svc.id, reason)),
             }
@@ -287,7 +292,7 @@ fn admit(svc: &Service, src: [u8; 16], now: u64) -> Result<(), SvcCounter> {
 
 /// Picks the member (Maglev) and a translated source port for a new flow, and records it.
 #[inline(always)]
-fn new_flow(svc: &Service, key: &FlowKey, now: u64) -> Result<Flow, SvcCounter> {
+fn new_flow(svc: &Service, key: &FlowKey, syn_seq: u32, now: u64) -> Result<Flow, SvcCounter> {
     let hash = flow_hash(key);
     let slot = hash.checked_rem(svc.ring_size).ok_or(SvcCounter::DropNoMember)?;
     let backend_id = *MAGLEV.get(svc.ring.wrapping_mul(RING_STRIDE).wrapping_add(slot)).ok_or(SvcCounter::DropNoMember)?;
@@ -327,7 +332,7 @@ fn new_flow(svc: &Service, key: &FlowKey, now: u64) -> Result<Flow, SvcCounter> 
         }
     }
     let nat_port = chosen.ok_or(SvcCounter::DropNatPorts)?;
-    let flow = Flow { backend: backend_id, service: svc.id, nat_port, state: FLOW_OPEN, _pad: 0, _pad2: 0, last_seen_ns: now };
+    let flow = Flow { backend: backend_id, service: svc.id, nat_port, state: FLOW_OPEN, _pad: 0, syn_seq, last_seen_ns: now };
     let reverse = Reverse {
         client: key.src,
         vip: key.dst,

@@ -105,8 +105,9 @@ impl Rig {
     }
 
     fn metrics(&self) -> String {
-        // The XDP counters are copied into /metrics once a second.
-        std::thread::sleep(Duration::from_millis(1300));
+        // The XDP counters are copied into /metrics once a second: wait for two rounds (the
+        // guest runs under emulation).
+        std::thread::sleep(Duration::from_millis(2500));
         let out = sh(Command::new("curl").args(["-s", &format!("{}/metrics", self.lbd.url())]));
         String::from_utf8_lossy(&out.stdout).to_string()
     }
@@ -302,14 +303,17 @@ fn udp_datagrams_are_balanced_answered_from_the_vip_and_counted_exactly() {
     let n = 90usize;
     let payload = b"query-0123456789";
     let answers: Vec<(String, SocketAddr)> = rig.topo.hosts[CLIENT].run(move || {
+        // A new socket per datagram, each kept open to the end so that no two share a source
+        // port: every datagram is a flow of its own.
+        let mut sockets = Vec::new();
         (0..n)
             .map(|_| {
-                // A new socket (source port) per datagram: each is a flow of its own.
                 let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
                 s.send_to(payload, vip).unwrap();
                 let mut buf = [0u8; 256];
                 let (len, from) = s.recv_from(&mut buf).expect("a UDP answer through XDP");
+                sockets.push(s);
                 (String::from_utf8_lossy(&buf[..len]).to_string(), from)
             })
             .collect()
