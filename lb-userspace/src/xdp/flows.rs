@@ -22,7 +22,6 @@ pub struct Sweep {
     pub open: HashMap<u32, u64>,
     /// Backend ids that live flows use.
     pub referenced: HashSet<u32>,
-    pub expired: usize,
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads.
@@ -61,6 +60,5 @@ pub fn sweep(maps: &mut Maps, w: &Written, now_ns: u64) -> Sweep {
             let _ = maps.nat.remove(&reverse);
         }
     }
-    out.expired = expired.len();
     out
 }

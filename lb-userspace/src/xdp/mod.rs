@@ -124,13 +124,14 @@ impl XdpPlane {
         for addr in missed {
             let ip = std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]);
             tracing::debug!(%ip, "resolving a next hop XDP found no neighbour entry for");
-            sync::warm_neighbour("0.0.0.0:0".parse().unwrap(), ip);
+            sync::warm_neighbour(ip);
             let _ = inner.maps.neigh_miss.remove(&addr);
         }
     }
 
-    /// Runs [`XdpPlane::maintain`] every second on a thread of its own (map walks are system
-    /// calls; they stay off the async workers).
+    /// Runs [`XdpPlane::maintain`] every second and [`XdpPlane::resolve_neighbours`] every
+    /// 100 ms on a thread of its own (map walks are system calls; they stay off the async
+    /// workers).
     pub fn spawn_maintenance(self: &Arc<Self>, metrics: Arc<Metrics>) {
         for i in &self.interfaces {
             metrics.xdp_attached.get_or_create(&XdpAttachLabels { interface: i.name.clone(), mode: i.mode }).set(1);

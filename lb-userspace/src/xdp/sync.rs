@@ -226,7 +226,7 @@ fn backend(maps: &mut Maps, backends: &mut HashMap<SocketAddr, BeSlot>, free: &m
     Maps::zero(&mut maps.backend_stats, maps.cpus, id * BE_COUNTERS, BE_COUNTERS)?;
     maps.backends.set(id, value, 0).map_err(write_err("BACKENDS"))?;
     tracing::info!(member = %addr, source = %snat, backend = id, "XDP backend added");
-    warm_neighbour(SocketAddr::new(IpAddr::V4(snat), 0), ip);
+    warm_neighbour(ip);
     backends.insert(addr, BeSlot { id, value, label: addr.to_string(), in_ring: true });
     Ok(id)
 }
@@ -239,12 +239,12 @@ fn source_towards(member: SocketAddr) -> Result<IpAddr, XdpError> {
     Ok(socket.local_addr().map_err(|e| XdpError::NoRoute { member, error: e.to_string() })?.ip())
 }
 
-/// Makes the kernel resolve the member's link-layer address, which `bpf_fib_lookup` needs
-/// (until then the program drops the member's packets as `no_route`): an empty datagram to the
-/// discard port.
-pub fn warm_neighbour(from: SocketAddr, member: Ipv4Addr) {
-    if let Ok(s) = UdpSocket::bind(from) {
-        let _ = s.send_to(&[], (member, 9));
+/// Makes the kernel resolve `next_hop`'s link-layer address, which `bpf_fib_lookup` needs
+/// (until then the program drops packets to it as `no_route`): an empty datagram to its discard
+/// port, sent from whatever source the route gives (for a member, its `snat` address).
+pub fn warm_neighbour(next_hop: Ipv4Addr) {
+    if let Ok(s) = UdpSocket::bind("0.0.0.0:0") {
+        let _ = s.send_to(&[], (next_hop, 9));
     }
 }
 
