@@ -51,6 +51,22 @@ async fn client_data_timeout_closes_idle_clients_before_and_after_the_handshake(
     assert!(matches!(n, Ok(0) | Err(_)));
     assert!(started.elapsed() >= Duration::from_millis(700), "{:?}", started.elapsed());
 
+    // Handshake done, then silent: closed without a request ever arriving.
+    let mut tls = client::connect(port, "a.example", client::config(rustls::ALL_VERSIONS, None, &[b"http/1.1"])).await.unwrap();
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut all)).await.expect("lbd closes the connection");
+    assert!(all.is_empty(), "{all:?}");
+    assert!(started.elapsed() >= Duration::from_millis(700), "{:?}", started.elapsed());
+
+    // A first request after a pause shorter than the timeout is served.
+    let mut tls = client::connect(port, "a.example", client::config(rustls::ALL_VERSIONS, None, &[b"http/1.1"])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tls.write_all(b"GET /hello HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut all)).await.expect("response");
+    assert!(String::from_utf8_lossy(&all).ends_with("hello"), "{}", String::from_utf8_lossy(&all));
+
     // Idle after a request on a keep-alive connection.
     let mut tls = client::connect(port, "a.example", client::config(rustls::ALL_VERSIONS, None, &[b"http/1.1"])).await.unwrap();
     tls.write_all(b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n").await.unwrap();

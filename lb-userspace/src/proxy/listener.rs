@@ -78,7 +78,8 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRu
 
     let (client, h2, client_cert) = match (&rt.protocol, &rt.tls) {
         (ListenerProtocol::TerminatedHttps, Some(config)) => {
-            let handshake = tokio::time::timeout(rt.timeouts.client_data, accept(tcp, config.clone(), policy))
+            // Boxed, like the handlers below: the handshake's state is freed once it completes.
+            let handshake = tokio::time::timeout(rt.timeouts.client_data, Box::pin(accept(tcp, config.clone(), policy)))
                 .await
                 .unwrap_or_else(|_| {
                     Err(AcceptError::Handshake(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out")))
@@ -114,13 +115,28 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRu
     let is_tls = rt.tls.is_some();
     let http_pool = rt.pool.as_ref().map(|p| p.protocol == PoolProtocol::Http).unwrap_or(rt.protocol != ListenerProtocol::Tcp);
     let result = if http_pool && matches!(rt.protocol, ListenerProtocol::Http | ListenerProtocol::TerminatedHttps) {
+        // HTTP/1.1 clients may connect well before their first request (pre-opened, pooled
+        // connections): hyper's buffers are only allocated once it arrives. h2 clients send
+        // their preface at once.
+        if !h2 {
+            let waited = match tokio::time::timeout(rt.timeouts.client_data, client.readable()).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no request within the client data timeout")),
+            };
+            if let Err(e) = waited {
+                tracing::debug!(listener = %rt.id, %peer, error = %e, "connection closed before its first request");
+                active.dec();
+                return;
+            }
+        }
         let ctx = Arc::new(ConnContext { listener: shared.clone(), peer, tls: is_tls, client_cert });
         // Counts client bytes and closes a connection idle (no byte either way) for client_data.
         let (rx, tx) = rt.byte_counters();
         let client = super::io::Idle::new(client, rt.timeouts.client_data).counted(rx, tx);
-        http::serve(client, h2, ctx).await.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        // Boxed: the task of a connection still waiting for its first request stays small.
+        Box::pin(http::serve(client, h2, ctx)).await.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
     } else {
-        raw::forward(client, peer, &rt).await.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        Box::pin(raw::forward(client, peer, &rt)).await.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
     };
     if let Err(e) = result {
         if let Some(control) = control_record(e.as_ref()) {

@@ -216,6 +216,22 @@ impl PeerStream {
         }
     }
 
+    /// Waits until there is something to read: bytes in the socket, or plaintext this end
+    /// already holds. Lets a connection that has not sent anything yet wait without the buffers
+    /// a protocol handler would allocate (an idle TLS connection then costs only its TLS state).
+    pub async fn readable(&self) -> io::Result<()> {
+        let tcp = match self {
+            PeerStream::Ktls(k) if !k.prefix.is_empty() => return Ok(()),
+            PeerStream::Ktls(k) => k.tcp(),
+            PeerStream::Rustls(s) if !s.get_ref().1.wants_read() => return Ok(()),
+            PeerStream::Rustls(s) => s.get_ref().0.get_ref(),
+            PeerStream::RustlsClient(s) if !s.get_ref().1.wants_read() => return Ok(()),
+            PeerStream::RustlsClient(s) => s.get_ref().0.get_ref(),
+            PeerStream::Plain(t) => t,
+        };
+        tcp.readable().await
+    }
+
     /// Plaintext received during the kTLS hand-over, to be forwarded before anything else.
     pub fn take_prefix(&mut self) -> Vec<u8> {
         match self {
