@@ -289,7 +289,7 @@ pub fn run(lbd: &Path, dir: &Path, reps: usize, seconds: u32, only: Option<&str>
                 let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
                 let (t0, m0, p0, mem0, g0, pk0, x0) =
                     (Instant::now(), machine_idle(), procs::cpu_seconds(&pids), procs::cpu_seconds(&member_pids), procs::children_cpu_seconds(), client_packets(), bpf_run_seconds(c.0.id()));
-                let load = load::wrk_in(CLIENT_NS, &dir, &format!("http://{VIP}:{VIP_PORT}/1k"), 2, 32, seconds, headers)?;
+                let load = load::Wrk { url: format!("http://{VIP}:{VIP_PORT}/1k"), threads: 2, connections: 32, seconds, headers, lua: String::new() }.run_in(CLIENT_NS, &dir)?;
                 let generator_cpu = procs::children_cpu_seconds() - g0;
                 let member_cpu = procs::cpu_seconds(&procs::tree(member.0.id())) - mem0;
                 let process_cpu = procs::cpu_seconds(&procs::tree(c.0.id())) - p0;

@@ -29,30 +29,56 @@ done = function(summary, latency, requests)
 end
 "#;
 
-/// `wrk` for `seconds` with `connections` over `threads`, extra headers, against `url`.
-pub fn wrk(dir: &Path, url: &str, threads: u32, connections: u32, seconds: u32, headers: &[&str]) -> anyhow::Result<Load> {
-    run_wrk(Command::new("wrk"), dir, url, threads, connections, seconds, headers)
+/// One `wrk` run: `connections` over `threads` for `seconds` against `url`, with extra headers and
+/// Lua added to the report script (a request body, a pause between requests).
+pub struct Wrk<'a> {
+    pub url: String,
+    pub threads: u32,
+    pub connections: u32,
+    pub seconds: u32,
+    pub headers: &'a [&'a str],
+    pub lua: String,
 }
 
-/// [`wrk`] run inside network namespace `ns`.
-pub fn wrk_in(ns: &str, dir: &Path, url: &str, threads: u32, connections: u32, seconds: u32, headers: &[&str]) -> anyhow::Result<Load> {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, "wrk"]);
-    run_wrk(cmd, dir, url, threads, connections, seconds, headers)
-}
-
-fn run_wrk(mut cmd: Command, dir: &Path, url: &str, threads: u32, connections: u32, seconds: u32, headers: &[&str]) -> anyhow::Result<Load> {
-    let script = dir.join("report.lua");
-    std::fs::write(&script, WRK_REPORT)?;
-    cmd.args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "--timeout", "10s", "-s"]).arg(&script);
-    for h in headers {
-        cmd.args(["-H", h]);
+impl Wrk<'_> {
+    /// Runs it here.
+    pub fn run(&self, dir: &Path) -> anyhow::Result<Load> {
+        self.run_with(Command::new("wrk"), dir)
     }
-    let out = cmd.arg(url).output().context("failed to run wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find_map(|l| l.strip_prefix("LBBENCH ")).with_context(|| format!("wrk printed no summary: {text}"))?;
-    let f: Vec<f64> = line.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
-    Ok(Load { requests: f[0], bytes: f[1], seconds: f[2] / 1e6, errors: f[3], latency_ms: Some((f[4], f[5], f[6])) })
+
+    /// Runs it inside network namespace `ns`.
+    pub fn run_in(&self, ns: &str, dir: &Path) -> anyhow::Result<Load> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "wrk"]);
+        self.run_with(cmd, dir)
+    }
+
+    fn run_with(&self, mut cmd: Command, dir: &Path) -> anyhow::Result<Load> {
+        let script = dir.join("report.lua");
+        std::fs::write(&script, format!("{}{WRK_REPORT}", self.lua))?;
+        cmd.args(["-t", &self.threads.to_string(), "-c", &self.connections.to_string(), "-d", &format!("{}s", self.seconds), "--timeout", "10s", "-s"]).arg(&script);
+        for h in self.headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd.arg(&self.url).output().context("failed to run wrk")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find_map(|l| l.strip_prefix("LBBENCH ")).with_context(|| format!("wrk printed no summary: {text}"))?;
+        let f: Vec<f64> = line.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+        Ok(Load { requests: f[0], bytes: f[1], seconds: f[2] / 1e6, errors: f[3], latency_ms: Some((f[4], f[5], f[6])) })
+    }
+}
+
+/// Lua for `wrk` that POSTs a body of `size` bytes with every request.
+pub fn upload_lua(size: usize) -> String {
+    format!("wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {size})\nwrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n")
+}
+
+/// Lua for `wrk` that paces each connection so `connections` together offer about `rate`
+/// requests per second: a random pause averaging `connections / rate` between a response and
+/// the next request (random, so connections do not fall into step).
+pub fn paced_lua(rate: f64, connections: u32) -> String {
+    let mean_ms = connections as f64 / rate * 1000.0;
+    format!("math.randomseed(os.time() + tonumber(tostring({{}}):sub(8), 16))\nfunction delay() return math.random() * {:.3} end\n", 2.0 * mean_ms)
 }
 
 /// `h2load` over h2 for `seconds` with `connections` × `streams` concurrent requests.

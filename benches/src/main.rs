@@ -3,7 +3,8 @@
 //! contender in turn (interleaved, repeated), measures the server's CPU time from /proc and the
 //! load generator's own CPU, and writes `target/bench/REPORT.md` and `target/bench/*.svg`.
 //!
-//! Usage: `lb-bench --lbd PATH --out DIR [--quick] [--scenario NAME]`.
+//! Usage: `lb-bench --lbd PATH --out DIR [--quick] [--scenario NAME] [--contender NAME]`
+//! (`--contender` runs one contender alone, e.g. to profile it).
 
 mod l4;
 mod load;
@@ -27,21 +28,23 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut lbd, mut out, mut quick, mut only, mut guest) = (None, PathBuf::from("target/bench"), false, None, None);
+    let (mut lbd, mut out, mut quick, mut only, mut guest, mut contender) = (None, PathBuf::from("target/bench"), false, None, None, None);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--lbd" => lbd = args.next().map(PathBuf::from),
             "--out" => out = args.next().map(PathBuf::from).context("--out DIR")?,
             "--quick" => quick = true,
             "--scenario" => only = args.next(),
+            "--contender" => contender = args.next(),
             "--guest-insns" => guest = args.next().map(PathBuf::from),
-            other => bail!("unknown argument {other:?} (usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME] [--guest-insns FILE])"),
+            other => bail!("unknown argument {other:?} (usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME] [--contender NAME] [--guest-insns FILE])"),
         }
     }
     let lbd = lbd.context("--lbd PATH (the release lbd binary)")?;
     std::fs::create_dir_all(&out)?;
     let nofile = procs::raise_nofile();
-    let plan = scenarios::Plan::new(quick, only.as_deref(), nofile)?;
+    let mut plan = scenarios::Plan::new(quick, only.as_deref(), nofile)?;
+    plan.contender = contender;
     let (samples, mut notes) = scenarios::run(&plan, &lbd)?;
     // The L4 scenarios build network namespaces and attach XDP: root only.
     let l4 = if unsafe { libc::geteuid() } == 0 {

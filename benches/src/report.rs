@@ -81,8 +81,8 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
     writeln!(md, "# lb benchmark report\n")?;
     writeln!(md, "Mode: **{}**. Kernel {}, {} CPUs ({}), open-file limit {}.", if env.ktls { "native host with kTLS" } else { "native host without kTLS (lbd's userspace TLS path; the kTLS contenders cannot run here)" }, env.kernel, env.cpus, env.cpu_model, env.nofile)?;
     writeln!(md, "Repetitions: {} × {} s per scenario and contender, interleaved. {}\n", plan.reps, plan.seconds, if plan.quick { "`--quick`: a smoke run, the numbers are not meant to be read." } else { "" })?;
-    writeln!(md, "Crypto limit: `openssl speed -elapsed -bytes 16384 -evp aes-128-gcm` = **{:.0} MB/s** on one core.\n", env.crypto_limit / 1e6)?;
-    writeln!(md, "All contenders: TLS 1.3, TLS_AES_128_GCM_SHA256, ECDSA P-256 certificate, loopback, same nginx backend (plain HTTP/1.1 keep-alive, static files). lbd runs with `--ktls off` (\"lbd\") and, where the kernel has kTLS, `--ktls auto` (\"lbd-ktls\"); HAProxy `mode http` with `nbthread 2`; nginx `worker_processes 2` proxying with keep-alive upstreams; `tcp-proxy` is HAProxy `mode tcp` without TLS (the ceiling). Everything shares the machine's {} CPUs with the load generator and the backend, so figures are per server CPU-second, and the generator's own CPU is shown (≥ 0.9 of its threads means the generator, not the server, was the limit).\n", env.cpus)?;
+    writeln!(md, "Crypto limit: `openssl speed -elapsed -bytes 16384 -evp aes-128-gcm` = **{:.0} MB/s** on one core (best of three runs).\n", env.crypto_limit / 1e6)?;
+    writeln!(md, "All contenders: TLS 1.3, TLS_AES_128_GCM_SHA256, ECDSA P-256 certificate (RSA-2048 in the `handshake-rsa-*` scenarios), loopback, same nginx backend (plain HTTP/1.1 keep-alive, static files). lbd runs with `--ktls off` (\"lbd\") and, where the kernel has kTLS, `--ktls auto` (\"lbd-ktls\"); HAProxy `mode http` with `nbthread 2`; nginx `worker_processes 2` proxying with keep-alive upstreams; `tcp-proxy` is HAProxy `mode tcp` without TLS (the ceiling). Everything shares the machine's {} CPUs with the load generator and the backend, so figures are per server CPU-second, and the generator's own CPU is shown (≥ 0.9 of its threads means the generator, not the server, was the limit).\n", env.cpus)?;
     for (name, note) in notes {
         writeln!(md, "- {name}: {note}")?;
     }
@@ -139,7 +139,15 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
             None => writeln!(summary, "- kTLS / userspace: not measurable on this kernel (no kTLS)")?,
         }
     }
-    for s in ["handshake-full", "handshake-resumed", "small-1k-h1", "small-1k-h2"] {
+    if let Some(r) = row(&rows, "bulk-upload-1m-c64", "lbd") {
+        for other in ["haproxy", "nginx"] {
+            if let Some(x) = ratio("bulk-upload-1m-c64", "lbd", other) {
+                writeln!(summary, "- bulk-upload-1m-c64: lbd / {other} = {x:.2}")?;
+            }
+        }
+        writeln!(summary, "- bulk-upload-1m-c64: lbd bytes per CPU-second / single-core crypto limit = {:.2}", r.per_cpu.median / env.crypto_limit)?;
+    }
+    for s in ["handshake-full", "handshake-resumed", "handshake-rsa-full", "handshake-rsa-resumed", "small-1k-h1", "small-1k-h2"] {
         for other in ["haproxy", "nginx"] {
             if let Some(r) = ratio(s, "lbd", other) {
                 writeln!(summary, "- {s}: lbd / {other} = {r:.2}")?;
@@ -151,6 +159,10 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
             writeln!(summary, "- small-1k-h1 p99 at full load: lbd {:.2} ms, haproxy {:.2} ms", a.1, b.1)?;
         }
     }
+    let p99 = |s: &str, c: &str| rows.get(&(s, c)).and_then(|r| r.latency).map(|l| l.1);
+    if let (Some(l), Some(h), Some(rate)) = (p99("small-1k-h1-half", "lbd"), p99("small-1k-h1-half", "haproxy"), row(&rows, "small-1k-h1-half", "lbd")) {
+        writeln!(summary, "- small-1k-h1-half p99 at half load (~{:.0} req/s): lbd {l:.2} ms, haproxy {h:.2} ms{}", rate.throughput.median, p99("small-1k-h1-half", "nginx").map(|n| format!(", nginx {n:.2} ms")).unwrap_or_default())?;
+    }
     if let Some(r) = rows.get(&("idle-conns", "lbd")) {
         writeln!(summary, "- idle-conns: lbd RSS {:.1} MiB with {:.0} connections, {:.1} KiB per connection", r.rss / 1048576.0, r.count, r.rss_per_conn / 1024.0)?;
     }
@@ -161,7 +173,7 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
     writeln!(md, "## Key ratios\n\n{}", summary.lines().skip(1).collect::<Vec<_>>().join("\n"))?;
     writeln!(md, "\n![per CPU-second relative to HAProxy](efficiency.svg)\n")?;
     writeln!(md, "## Reproduce\n\n```sh\ncargo xtask bench{}\n```\n", if plan.quick { " --quick" } else { "" })?;
-    writeln!(md, "Generators: `wrk -t T -c C -d {s}s` (latency percentiles from its Lua `done` hook), `h2load -c 16 -m 10 -D {s}`, `openssl s_time -new|-reuse -time {s} -www /1k`, and a rustls client holding idle connections. Server CPU: utime+stime of every process of the contender from /proc/PID/stat, before and after.", s = plan.seconds)?;
+    writeln!(md, "Generators: `wrk -t T -c C -d {s}s` (latency percentiles from its Lua `done` hook; uploads set `wrk.body`; the half-load run pauses each connection between requests from a Lua `delay()` averaging 64 / rate), `h2load -c 16 -m 10 -D {s}`, `openssl s_time -new|-reuse -time {s} -www /1k`, and a rustls client holding idle connections. Server CPU: utime+stime of every process of the contender from /proc/PID/stat, before and after.", s = plan.seconds)?;
     std::fs::write(out.join("REPORT.md"), &md)?;
     chart(&out.join("efficiency.svg"), plan, &rows)?;
     Ok(summary)
@@ -172,7 +184,8 @@ fn row<'a>(rows: &'a BTreeMap<(&'static str, &'static str), Row>, scenario: &str
 }
 
 fn chart(path: &Path, plan: &Plan, rows: &BTreeMap<(&'static str, &'static str), Row>) -> anyhow::Result<()> {
-    let scenarios: Vec<&str> = plan.scenarios.iter().map(|s| s.name).filter(|n| *n != "idle-conns").collect();
+    // Paced load is not about work per CPU-second.
+    let scenarios: Vec<&str> = plan.scenarios.iter().map(|s| s.name).filter(|n| !["idle-conns", "small-1k-h1-half"].contains(n)).collect();
     let contenders = ["lbd", "lbd-ktls", "haproxy", "nginx", "tcp-proxy"];
     let colors = [RGBColor(0x1f, 0x77, 0xb4), RGBColor(0x2c, 0xa0, 0x2c), RGBColor(0xd6, 0x27, 0x28), RGBColor(0x94, 0x67, 0xbd), RGBColor(0x7f, 0x7f, 0x7f)];
     let value = |s: &str, c: &str| -> Option<f64> { Some(row(rows, s, c)?.per_cpu.median / row(rows, s, "haproxy")?.per_cpu.median) };

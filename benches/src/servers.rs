@@ -16,6 +16,8 @@ use crate::procs;
 pub struct Server {
     pub name: &'static str,
     pub port: u16,
+    /// The same service with an RSA-2048 certificate (TLS contenders).
+    pub rsa_port: Option<u16>,
     child: Child,
     /// What the run should know about this contender (e.g. whether nginx's kTLS took effect).
     pub note: String,
@@ -24,7 +26,7 @@ pub struct Server {
 impl Server {
     fn spawn(name: &'static str, port: u16, cmd: &mut Command) -> anyhow::Result<Server> {
         let child = cmd.process_group(0).stdin(Stdio::null()).spawn().with_context(|| format!("failed to run {cmd:?}"))?;
-        let s = Server { name, port, child, note: String::new() };
+        let s = Server { name, port, rsa_port: None, child, note: String::new() };
         s.wait_listening()?;
         Ok(s)
     }
@@ -60,6 +62,19 @@ pub fn max_connections() -> u64 {
     ((procs::nofile().saturating_sub(200)) / 2).min(40_000)
 }
 
+/// Starts contender `name` with its files under `dir`.
+pub fn start(name: &str, lbd_bin: &Path, dir: &Path, certs: &Certs, backend: u16) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(dir)?;
+    match name {
+        "lbd" => lbd(lbd_bin, dir, certs, backend, false),
+        "lbd-ktls" => lbd(lbd_bin, dir, certs, backend, true),
+        "haproxy" => haproxy(dir, Some(certs), backend),
+        "nginx" => nginx_tls(&dir.join("nginx"), certs, backend),
+        "tcp-proxy" => haproxy(dir, None, backend),
+        other => bail!("no contender named {other}"),
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -82,7 +97,9 @@ fn nginx(name: &'static str, dir: &Path, http_block: &str) -> anyhow::Result<Ser
     Server::spawn(name, port, Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")))
 }
 
-/// The backend: nginx serving `/1k`, `/1m`, `/64m` over plain HTTP/1.1 keep-alive.
+/// The backend: nginx serving `/1k`, `/1m`, `/64m` over plain HTTP/1.1 keep-alive, and taking
+/// request bodies of any size at `/upload`: read whole (in memory) before it answers with `/1k`,
+/// as an application accepting an upload would, rather than answering early.
 pub fn backend(dir: &Path) -> anyhow::Result<Server> {
     let root = dir.join("www");
     std::fs::create_dir_all(&root)?;
@@ -90,25 +107,33 @@ pub fn backend(dir: &Path) -> anyhow::Result<Server> {
         std::fs::write(root.join(name), vec![b'x'; size])?;
     }
     let port = free_port();
-    nginx("backend", dir, &format!("server {{ listen 127.0.0.1:{port} reuseport; root {}; location / {{ }} }}", root.display()))
+    nginx("backend", dir, &format!("server {{ listen 127.0.0.1:{port} reuseport; root {};\n  location / {{ }}\n  location = /upload {{ client_max_body_size 0; client_body_buffer_size 2m;\n    proxy_pass http://127.0.0.1:{port}/1k; proxy_method GET; proxy_pass_request_body off; proxy_set_header Content-Length \"\"; }} }}", root.display()))
 }
 
-/// nginx terminating TLS and proxying to the backend, with `ssl_conf_command Options KTLS`.
-pub fn nginx_tls(dir: &Path, cert: &Path, key: &Path, backend: u16) -> anyhow::Result<Server> {
-    let port = free_port();
+/// nginx terminating TLS and proxying to the backend, with `ssl_conf_command Options KTLS`, on
+/// one port per certificate (ECDSA, RSA).
+pub fn nginx_tls(dir: &Path, certs: &Certs, backend: u16) -> anyhow::Result<Server> {
+    let (port, rsa_port) = (free_port(), free_port());
+    let server = |port: u16, cert: &Path, key: &Path| {
+        format!(
+            "server {{ listen 127.0.0.1:{port} ssl http2; ssl_certificate {c}; ssl_certificate_key {k};\n\
+               ssl_protocols TLSv1.3; ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256; ssl_conf_command Options KTLS;\n\
+               ssl_session_cache shared:S:10m; client_max_body_size 0; proxy_request_buffering off;\n\
+               location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }} }}\n",
+            c = cert.display(),
+            k = key.display()
+        )
+    };
     let mut s = nginx(
         "nginx",
         dir,
         &format!(
-            "upstream b {{ server 127.0.0.1:{backend}; keepalive 128; }}\n\
-             server {{ listen 127.0.0.1:{port} ssl http2; ssl_certificate {c}; ssl_certificate_key {k};\n\
-               ssl_protocols TLSv1.3; ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256; ssl_conf_command Options KTLS;\n\
-               ssl_session_cache shared:S:10m;\n\
-               location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on; }} }}",
-            c = cert.display(),
-            k = key.display()
+            "upstream b {{ server 127.0.0.1:{backend}; keepalive 128; }}\n{}{}",
+            server(port, &certs.cert, &certs.key),
+            server(rsa_port, &certs.rsa_cert, &certs.rsa_key)
         ),
     )?;
+    s.rsa_port = Some(rsa_port);
     s.note = if std::path::Path::new("/proc/net/tls_stat").exists() {
         "ssl_conf_command Options KTLS set; the kernel has kTLS (see /proc/net/tls_stat deltas)".into()
     } else {
@@ -117,12 +142,22 @@ pub fn nginx_tls(dir: &Path, cert: &Path, key: &Path, backend: u16) -> anyhow::R
     Ok(s)
 }
 
-/// HAProxy terminating TLS in `mode http` (or plain `mode tcp` without TLS: the ceiling).
-pub fn haproxy(dir: &Path, pem: Option<&Path>, backend: u16) -> anyhow::Result<Server> {
-    let port = free_port();
-    let (name, mode, bind) = match pem {
-        Some(pem) => ("haproxy", "http", format!("bind 127.0.0.1:{port} ssl crt {} alpn h2,http/1.1", pem.display())),
-        None => ("tcp-proxy", "tcp", format!("bind 127.0.0.1:{port}")),
+/// HAProxy terminating TLS in `mode http` (a frontend per certificate), or plain `mode tcp`
+/// without TLS (the ceiling).
+pub fn haproxy(dir: &Path, certs: Option<&Certs>, backend: u16) -> anyhow::Result<Server> {
+    let (port, rsa_port) = (free_port(), free_port());
+    let (name, mode, frontends) = match certs {
+        Some(c) => (
+            "haproxy",
+            "http",
+            format!(
+                "frontend f\n  bind 127.0.0.1:{port} ssl crt {} alpn h2,http/1.1\n  default_backend b\n\
+                 frontend r\n  bind 127.0.0.1:{rsa_port} ssl crt {} alpn h2,http/1.1\n  default_backend b\n",
+                c.pem.display(),
+                c.rsa_pem.display()
+            ),
+        ),
+        None => ("tcp-proxy", "tcp", format!("frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n")),
     };
     let conf = dir.join(format!("{name}.cfg"));
     std::fs::write(
@@ -130,17 +165,19 @@ pub fn haproxy(dir: &Path, pem: Option<&Path>, backend: u16) -> anyhow::Result<S
         format!(
             "global\n  nbthread 2\n  maxconn {maxconn}\n  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n\
              defaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
-             frontend f\n  {bind}\n  default_backend b\n\
+             {frontends}\
              backend b\n  server s1 127.0.0.1:{backend} maxconn 10000\n",
             maxconn = max_connections()
         ),
     )?;
-    Server::spawn(name, port, Command::new("haproxy").arg("-db").arg("-f").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()))
+    let mut s = Server::spawn(name, port, Command::new("haproxy").arg("-db").arg("-f").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()))?;
+    s.rsa_port = certs.map(|_| rsa_port);
+    Ok(s)
 }
 
 /// lbd, configured through its own API (Barbican PKCS#12 secret, a fully populated Octavia load
 /// balancer), TLS 1.3 AES-128-GCM; `ktls` false runs it with `--ktls off` (userspace rustls).
-pub fn lbd(bin: &Path, dir: &Path, p12: &Path, backend: u16, ktls: bool) -> anyhow::Result<Server> {
+pub fn lbd(bin: &Path, dir: &Path, certs: &Certs, backend: u16, ktls: bool) -> anyhow::Result<Server> {
     let api = free_port();
     let state = dir.join(if ktls { "lbd-ktls" } else { "lbd-user" });
     let name = if ktls { "lbd-ktls" } else { "lbd" };
@@ -155,15 +192,23 @@ pub fn lbd(bin: &Path, dir: &Path, p12: &Path, backend: u16, ktls: bool) -> anyh
     let url = format!("http://127.0.0.1:{api}");
     let token = token(&url, password.trim())?;
     use base64::Engine;
-    let secret = call(&url, &token, "/v1/secrets/", json!({"name": "bench", "payload": base64::engine::general_purpose::STANDARD.encode(std::fs::read(p12)?),
-        "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}))?;
-    let port = free_port();
+    let mut refs = Vec::new();
+    for (name, p12) in [("bench", &certs.p12), ("bench-rsa", &certs.rsa_p12)] {
+        let secret = call(&url, &token, "/v1/secrets/", json!({"name": name, "payload": base64::engine::general_purpose::STANDARD.encode(std::fs::read(p12)?),
+            "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}))?;
+        refs.push(secret["secret_ref"].clone());
+    }
+    let (port, rsa_port) = (free_port(), free_port());
+    let listener = |name: &str, port: u16, cert: &Value| {
+        json!({"name": name, "protocol": "TERMINATED_HTTPS", "protocol_port": port, "connection_limit": -1,
+            "default_tls_container_ref": cert, "tls_versions": ["TLSv1.3"], "tls_ciphers": "TLS_AES_128_GCM_SHA256",
+            "default_pool": {"name": format!("p-{name}"), "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+                "members": [{"address": "127.0.0.1", "protocol_port": backend}]}})
+    };
     let lb = json!({"loadbalancer": {"name": "bench", "vip_subnet_id": "lo-127.0.0.0", "vip_address": "127.0.0.1",
-        "listeners": [{"name": "l", "protocol": "TERMINATED_HTTPS", "protocol_port": port, "connection_limit": -1,
-            "default_tls_container_ref": secret["secret_ref"], "tls_versions": ["TLSv1.3"], "tls_ciphers": "TLS_AES_128_GCM_SHA256",
-            "default_pool": {"name": "p", "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
-                "members": [{"address": "127.0.0.1", "protocol_port": backend}]}}]}});
+        "listeners": [listener("ecdsa", port, &refs[0]), listener("rsa", rsa_port, &refs[1])]}});
     call(&url, &token, "/v2.0/lbaas/loadbalancers", lb)?;
+    server.rsa_port = Some(rsa_port);
     server.port = port;
     server.wait_listening()?;
     Ok(server)
@@ -193,19 +238,29 @@ pub fn call(url: &str, token: &str, path: &str, body: Value) -> anyhow::Result<V
     Ok(v)
 }
 
-/// A certificate (ECDSA P-256) as PEM files, a combined PEM (HAProxy) and PKCS#12 (lbd).
+/// The certificates: ECDSA P-256 and RSA-2048, each as PEM files, a combined PEM (HAProxy) and
+/// PKCS#12 (lbd).
 pub struct Certs {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub pem: PathBuf,
     pub p12: PathBuf,
+    pub rsa_cert: PathBuf,
+    pub rsa_key: PathBuf,
+    pub rsa_pem: PathBuf,
+    pub rsa_p12: PathBuf,
 }
 
 pub fn certs(dir: &Path) -> anyhow::Result<Certs> {
-    let (cert, key, pem, p12) = (dir.join("b.crt"), dir.join("b.key"), dir.join("b.pem"), dir.join("b.p12"));
-    crate::run(Command::new("openssl").args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
-        .arg("-keyout").arg(&key).arg("-out").arg(&cert).args(["-subj", "/CN=bench.example", "-addext", "subjectAltName=DNS:bench.example"]))?;
-    std::fs::write(&pem, [std::fs::read(&cert)?, std::fs::read(&key)?].concat())?;
-    crate::run(Command::new("openssl").args(["pkcs12", "-export", "-passout", "pass:"]).arg("-in").arg(&cert).arg("-inkey").arg(&key).arg("-out").arg(&p12))?;
-    Ok(Certs { cert, key, pem, p12 })
+    let one = |name: &str, newkey: &[&str]| -> anyhow::Result<[PathBuf; 4]> {
+        let [cert, key, pem, p12] = ["crt", "key", "pem", "p12"].map(|ext| dir.join(format!("{name}.{ext}")));
+        crate::run(Command::new("openssl").args(["req", "-x509", "-newkey"]).args(newkey).args(["-nodes", "-days", "2"])
+            .arg("-keyout").arg(&key).arg("-out").arg(&cert).args(["-subj", "/CN=bench.example", "-addext", "subjectAltName=DNS:bench.example"]))?;
+        std::fs::write(&pem, [std::fs::read(&cert)?, std::fs::read(&key)?].concat())?;
+        crate::run(Command::new("openssl").args(["pkcs12", "-export", "-passout", "pass:"]).arg("-in").arg(&cert).arg("-inkey").arg(&key).arg("-out").arg(&p12))?;
+        Ok([cert, key, pem, p12])
+    };
+    let [cert, key, pem, p12] = one("b", &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"])?;
+    let [rsa_cert, rsa_key, rsa_pem, rsa_p12] = one("rsa", &["rsa:2048"])?;
+    Ok(Certs { cert, key, pem, p12, rsa_cert, rsa_key, rsa_pem, rsa_p12 })
 }
