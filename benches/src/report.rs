@@ -33,6 +33,8 @@ struct Row {
     cores: f64,
     generator: f64,
     latency: Option<(f64, f64, f64)>,
+    /// p99 over the repetitions.
+    p99: Stat,
     rss: f64,
     rss_per_conn: f64,
     count: f64,
@@ -58,7 +60,12 @@ fn rows(samples: &[Sample]) -> BTreeMap<(&'static str, &'static str), Row> {
                 per_cpu: stat(ss.iter().map(|s| amount(s) / s.server_cpu.max(1e-9)).collect()),
                 cores: median(&|s| s.server_cpu / s.load.seconds.max(1e-9)),
                 generator: median(&|s| s.generator_cpu / s.load.seconds.max(1e-9)),
-                latency: ss.iter().filter_map(|s| s.load.latency_ms).nth(ss.len() / 2).or_else(|| ss.iter().find_map(|s| s.load.latency_ms)),
+                // Each percentile's median over the repetitions.
+                latency: ss.iter().all(|s| s.load.latency_ms.is_some()).then(|| {
+                    let pct = |f: fn((f64, f64, f64)) -> f64| stat(ss.iter().filter_map(|s| s.load.latency_ms.map(f)).collect()).median;
+                    (pct(|l| l.0), pct(|l| l.1), pct(|l| l.2))
+                }),
+                p99: stat(ss.iter().filter_map(|s| s.load.latency_ms.map(|l| l.1)).collect()),
                 rss: median(&|s| s.rss_after as f64),
                 rss_per_conn: median(&|s| (s.rss_after as f64 - s.rss_before as f64) / s.load.requests.max(1.0)),
                 count: median(&|s| s.load.requests),
@@ -159,9 +166,9 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
             writeln!(summary, "- small-1k-h1 p99 at full load: lbd {:.2} ms, haproxy {:.2} ms", a.1, b.1)?;
         }
     }
-    let p99 = |s: &str, c: &str| rows.get(&(s, c)).and_then(|r| r.latency).map(|l| l.1);
-    if let (Some(l), Some(h), Some(rate)) = (p99("small-1k-h1-half", "lbd"), p99("small-1k-h1-half", "haproxy"), row(&rows, "small-1k-h1-half", "lbd")) {
-        writeln!(summary, "- small-1k-h1-half p99 at half load (~{:.0} req/s): lbd {l:.2} ms, haproxy {h:.2} ms{}", rate.throughput.median, p99("small-1k-h1-half", "nginx").map(|n| format!(", nginx {n:.2} ms")).unwrap_or_default())?;
+    let p99 = |c: &str| rows.get(&("small-1k-h1-half", c)).filter(|r| r.latency.is_some()).map(|r| format!("{c} {:.2} ms ({:.2}–{:.2})", r.p99.median, r.p99.min, r.p99.max));
+    if let (Some(l), Some(h), Some(rate)) = (p99("lbd"), p99("haproxy"), row(&rows, "small-1k-h1-half", "lbd")) {
+        writeln!(summary, "- small-1k-h1-half p99 at half load (~{:.0} req/s), median (min–max) of the repetitions: {l}, {h}{}", rate.throughput.median, p99("nginx").map(|n| format!(", {n}")).unwrap_or_default())?;
     }
     if let Some(r) = rows.get(&("idle-conns", "lbd")) {
         writeln!(summary, "- idle-conns: lbd RSS {:.1} MiB with {:.0} connections, {:.1} KiB per connection", r.rss / 1048576.0, r.count, r.rss_per_conn / 1024.0)?;
