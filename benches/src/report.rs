@@ -303,7 +303,7 @@ impl GuestInsns {
 
     fn section(&self, md: &mut String, summary: &mut String) -> anyhow::Result<()> {
         writeln!(md, "## guest-insns — kTLS versus userspace TLS, in guest instructions per byte\n")?;
-        writeln!(md, "A QEMU guest on Debian's kernel (which has kTLS), under TCG with our instruction-counting plugin (`benches/tcg-insns`, vCPUs on one TCG thread so counts are exact). One boot per mode and size runs `lb-guest-transfer`: a backend sends N bytes over TCP, lbd terminates TLS 1.3 AES-128-GCM in raw mode (kTLS: splice between the sockets; userspace: rustls and a copy loop), a rustls client reads them. Counts cover the whole guest, user and kernel, boot included; instructions per byte = (count(large) − count(small)) / (large − small), which leaves only the bytes' cost. The client's decryption is in both. Emulated timings mean nothing; instruction counts do not depend on them.\n")?;
+        writeln!(md, "A QEMU guest on Debian's kernel (which has kTLS), under TCG with our instruction-counting plugin (`benches/tcg-insns`, vCPUs on one TCG thread so counts are exact). One boot per mode and size runs `lb-guest-transfer`: a backend sends N bytes over TCP, lbd terminates TLS 1.3 AES-128-GCM in raw mode (`ktls`: splice between the sockets; `userspace`: rustls and a copy loop) or in HTTP mode (`-http`: hyper proxies one GET whose response body is the N bytes, over kTLS or rustls), a rustls client reads them. Counts cover the whole guest, user and kernel, boot included; instructions per byte = (count(large) − count(small)) / (large − small), which leaves only the bytes' cost. The client's decryption is in both. Emulated timings mean nothing; instruction counts do not depend on them.\n")?;
         writeln!(md, "| mode | small transfer | instructions | large transfer | instructions | instructions per byte |\n|---|---|---|---|---|---|")?;
         for (mode, runs) in &self.modes {
             if let (Some(s), Some(l), Some(p)) = (runs.first(), runs.last(), self.per_byte(mode)) {
@@ -313,6 +313,12 @@ impl GuestInsns {
         writeln!(md)?;
         if let (Some(k), Some(u)) = (self.per_byte("ktls"), self.per_byte("userspace")) {
             writeln!(summary, "- guest instructions per byte, kTLS raw / userspace raw = {:.2} ({k:.2} vs {u:.2})", k / u)?;
+        }
+        if let (Some(k), Some(u)) = (self.per_byte("ktls-http"), self.per_byte("userspace-http")) {
+            writeln!(summary, "- guest instructions per byte, kTLS HTTP / userspace HTTP = {:.2} ({k:.2} vs {u:.2})", k / u)?;
+        }
+        if let (Some(k), Some(u)) = (self.per_byte("ktls-http"), self.per_byte("userspace")) {
+            writeln!(summary, "- guest instructions per byte, kTLS HTTP / userspace raw = {:.2}", k / u)?;
         }
         Ok(())
     }

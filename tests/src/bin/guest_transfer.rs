@@ -1,11 +1,13 @@
-//! `lb-guest-transfer --mode ktls|userspace --bytes N`: one bulk download through lbd's data
-//! plane in this process, for `cargo xtask bench`'s guest instruction counts. A backend sends N
-//! bytes from a static buffer over plain TCP; lbd terminates TLS 1.3 AES-128-GCM in raw mode
-//! (TCP pool: splice(2) between the sockets when kTLS is on, a copy loop through rustls when
-//! off); a rustls client reads the N bytes and discards them. Everything else (boot, start-up,
-//! handshake) is the same for every N, so the difference between two sizes is the cost of the
-//! bytes alone. Exits non-zero if the bytes did not all arrive or the TLS path was not the one
-//! asked for.
+//! `lb-guest-transfer --mode ktls|userspace|ktls-http|userspace-http --bytes N`: one bulk
+//! download through lbd's data plane in this process, for `cargo xtask bench`'s guest
+//! instruction counts. A backend sends N bytes from a static buffer over plain TCP; lbd
+//! terminates TLS 1.3 AES-128-GCM either in raw mode (TCP pool: splice(2) between the sockets
+//! when kTLS is on, a copy loop through rustls when off) or, for the `-http` modes, in HTTP mode
+//! (HTTP pool: hyper proxies one GET whose response body is the N bytes, over kTLS or rustls);
+//! a rustls client reads the N bytes and discards them. Everything else (boot, start-up,
+//! handshake, headers) is the same for every N, so the difference between two sizes is the cost
+//! of the bytes alone. Exits non-zero if the bytes did not all arrive or the TLS path was not
+//! the one asked for.
 
 use std::sync::Arc;
 
@@ -26,10 +28,12 @@ async fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown argument {other:?}"),
         }
     }
-    let ktls = match mode.as_str() {
-        "ktls" => KtlsMode::Auto,
-        "userspace" => KtlsMode::Off,
-        other => anyhow::bail!("--mode ktls|userspace, not {other:?}"),
+    let (ktls, http) = match mode.as_str() {
+        "ktls" => (KtlsMode::Auto, false),
+        "userspace" => (KtlsMode::Off, false),
+        "ktls-http" => (KtlsMode::Auto, true),
+        "userspace-http" => (KtlsMode::Off, true),
+        other => anyhow::bail!("--mode ktls|userspace|ktls-http|userspace-http, not {other:?}"),
     };
 
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -38,6 +42,21 @@ async fn main() -> anyhow::Result<()> {
         static CHUNK: [u8; 64 * 1024] = [0x5a; 64 * 1024];
         while let Ok((mut tcp, _)) = backend.accept().await {
             tokio::spawn(async move {
+                if http {
+                    // One request: read its head, answer with the N bytes as the body.
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let status = format!("HTTP/1.1 200 OK\r\ncontent-length: {bytes}\r\ncontent-type: application/octet-stream\r\n\r\n");
+                    if tcp.write_all(status.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
                 let mut left = bytes;
                 while left > 0 {
                     let n = left.min(CHUNK.len() as u64) as usize;
@@ -53,22 +72,40 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let tls = tls_settings(bundle(dir.path(), "a.example"), vec![]);
-    let (daemon, port) = serve(Daemon::start(ktls), &[backend_addr], tls, PoolProtocol::Tcp).await;
+    let pool = if http { PoolProtocol::Http } else { PoolProtocol::Tcp };
+    let (daemon, port) = serve(Daemon::start(ktls), &[backend_addr], tls, pool).await;
     let cfg = client::config(&[&rustls::version::TLS13], Some(vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256]), &[]);
     let mut tls = client::connect(port, "a.example", cfg).await?;
+    if http {
+        tls.write_all(b"GET /bulk HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n").await?;
+    }
     let mut buf = vec![0u8; 256 * 1024];
-    let mut got = 0u64;
+    let (mut got, mut head, mut in_body) = (0u64, Vec::new(), !http);
     loop {
         let n = tls.read(&mut buf).await?;
         if n == 0 {
             break;
         }
-        got += n as u64;
+        if in_body {
+            got += n as u64;
+            continue;
+        }
+        // HTTP mode: the response head comes first; count only the body after it.
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) {
+            got += (head.len() - end) as u64;
+            head.truncate(end);
+            in_body = true;
+        }
+    }
+    if http {
+        let head = String::from_utf8_lossy(&head);
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "response: {head}");
     }
     anyhow::ensure!(got == bytes, "received {got} of {bytes} bytes");
     let metrics = daemon.metrics.encode();
     let offloaded = metrics.lines().any(|l| l.starts_with("lb_tls_connections_total{offload=\"ktls\"") && !l.ends_with(" 0"));
-    anyhow::ensure!(offloaded == (mode == "ktls"), "mode {mode} but the connection was {}offloaded:\n{metrics}", if offloaded { "" } else { "not " });
+    anyhow::ensure!(offloaded == mode.starts_with("ktls"), "mode {mode} but the connection was {}offloaded:\n{metrics}", if offloaded { "" } else { "not " });
     println!("lb-guest-transfer: {mode}: {got} bytes, offloaded={offloaded}");
     drop(Arc::clone(&daemon));
     Ok(())
