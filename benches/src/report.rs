@@ -32,9 +32,8 @@ struct Row {
     per_cpu: Stat,
     cores: f64,
     generator: f64,
-    latency: Option<(f64, f64, f64)>,
-    /// p99 over the repetitions.
-    p99: Stat,
+    /// p50, p99, p99.9 over the repetitions, where every repetition reported them.
+    latency: Option<[Stat; 3]>,
     rss: f64,
     rss_per_conn: f64,
     count: f64,
@@ -60,12 +59,10 @@ fn rows(samples: &[Sample]) -> BTreeMap<(&'static str, &'static str), Row> {
                 per_cpu: stat(ss.iter().map(|s| amount(s) / s.server_cpu.max(1e-9)).collect()),
                 cores: median(&|s| s.server_cpu / s.load.seconds.max(1e-9)),
                 generator: median(&|s| s.generator_cpu / s.load.seconds.max(1e-9)),
-                // Each percentile's median over the repetitions.
                 latency: ss.iter().all(|s| s.load.latency_ms.is_some()).then(|| {
-                    let pct = |f: fn((f64, f64, f64)) -> f64| stat(ss.iter().filter_map(|s| s.load.latency_ms.map(f)).collect()).median;
-                    (pct(|l| l.0), pct(|l| l.1), pct(|l| l.2))
+                    let pct = |f: fn((f64, f64, f64)) -> f64| stat(ss.iter().filter_map(|s| s.load.latency_ms.map(f)).collect());
+                    [pct(|l| l.0), pct(|l| l.1), pct(|l| l.2)]
                 }),
-                p99: stat(ss.iter().filter_map(|s| s.load.latency_ms.map(|l| l.1)).collect()),
                 rss: median(&|s| s.rss_after as f64),
                 rss_per_conn: median(&|s| (s.rss_after as f64 - s.rss_before as f64) / s.load.requests.max(1.0)),
                 count: median(&|s| s.load.requests),
@@ -109,7 +106,7 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
                 writeln!(md, "| {c} | {:.0} | {:.1} MiB | {:.1} KiB |", r.count, r.rss / 1048576.0, r.rss_per_conn / 1024.0)?;
                 continue;
             }
-            let lat = r.latency.map(|(a, b, c)| format!("{a:.2} / {b:.2} / {c:.2}")).unwrap_or_else(|| "—".into());
+            let lat = r.latency.map(|[a, b, c]| format!("{:.2} / {:.2} / {:.2}", a.median, b.median, c.median)).unwrap_or_else(|| "—".into());
             writeln!(
                 md,
                 "| {c} | {} ({}–{}) | {:.2} | {} ({}–{}) | {lat} | {:.2} | {:.0} |",
@@ -131,8 +128,8 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
         Some(row(&rows, scenario, a)?.per_cpu.median / row(&rows, scenario, b)?.per_cpu.median)
     };
     let mut summary = String::from("Key ratios (per server CPU-second, medians):\n");
-    let bulk = ["bulk-1m-c64", "bulk-1m-c1", "bulk-64m-c1"].into_iter().find(|s| rows.keys().any(|(n, _)| n == s));
-    if let Some(b) = bulk {
+    let download = ["bulk-1m-c64", "bulk-1m-c1", "bulk-64m-c1"].into_iter().find(|s| rows.keys().any(|(n, _)| n == s));
+    for b in download.into_iter().chain(Some("bulk-upload-1m-c64")) {
         for other in ["haproxy", "nginx"] {
             if let Some(r) = ratio(b, "lbd", other) {
                 writeln!(summary, "- {b}: lbd / {other} = {r:.2}")?;
@@ -141,18 +138,12 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
         if let Some(r) = row(&rows, b, "lbd") {
             writeln!(summary, "- {b}: lbd bytes per CPU-second / single-core crypto limit = {:.2}", r.per_cpu.median / env.crypto_limit)?;
         }
+    }
+    if let Some(b) = download {
         match ratio(b, "lbd-ktls", "lbd") {
             Some(r) => writeln!(summary, "- {b}: kTLS / userspace = {r:.2}")?,
             None => writeln!(summary, "- kTLS / userspace: not measurable on this kernel (no kTLS)")?,
         }
-    }
-    if let Some(r) = row(&rows, "bulk-upload-1m-c64", "lbd") {
-        for other in ["haproxy", "nginx"] {
-            if let Some(x) = ratio("bulk-upload-1m-c64", "lbd", other) {
-                writeln!(summary, "- bulk-upload-1m-c64: lbd / {other} = {x:.2}")?;
-            }
-        }
-        writeln!(summary, "- bulk-upload-1m-c64: lbd bytes per CPU-second / single-core crypto limit = {:.2}", r.per_cpu.median / env.crypto_limit)?;
     }
     for s in ["handshake-full", "handshake-resumed", "handshake-rsa-full", "handshake-rsa-resumed", "small-1k-h1", "small-1k-h2"] {
         for other in ["haproxy", "nginx"] {
@@ -163,10 +154,10 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
     }
     if let (Some(l), Some(h)) = (rows.get(&("small-1k-h1", "lbd")), rows.get(&("small-1k-h1", "haproxy"))) {
         if let (Some(a), Some(b)) = (l.latency, h.latency) {
-            writeln!(summary, "- small-1k-h1 p99 at full load: lbd {:.2} ms, haproxy {:.2} ms", a.1, b.1)?;
+            writeln!(summary, "- small-1k-h1 p99 at full load: lbd {:.2} ms, haproxy {:.2} ms", a[1].median, b[1].median)?;
         }
     }
-    let p99 = |c: &str| rows.get(&("small-1k-h1-half", c)).filter(|r| r.latency.is_some()).map(|r| format!("{c} {:.2} ms ({:.2}–{:.2})", r.p99.median, r.p99.min, r.p99.max));
+    let p99 = |c: &str| rows.get(&("small-1k-h1-half", c)).and_then(|r| r.latency).map(|[_, p, _]| format!("{c} {:.2} ms ({:.2}–{:.2})", p.median, p.min, p.max));
     if let (Some(l), Some(h), Some(rate)) = (p99("lbd"), p99("haproxy"), row(&rows, "small-1k-h1-half", "lbd")) {
         writeln!(summary, "- small-1k-h1-half p99 at half load (~{:.0} req/s), median (min–max) of the repetitions: {l}, {h}{}", rate.throughput.median, p99("nginx").map(|n| format!(", {n}")).unwrap_or_default())?;
     }

@@ -70,7 +70,7 @@ impl Plan {
             Scenario { name: "bulk-1m-c64", what: "download 1 MiB bodies, 64 connections", kind: Kind::Wrk { path: "/1m", threads: 2, conns: 64, close: false } },
             Scenario { name: "bulk-64m-c1", what: "download 64 MiB bodies, 1 connection", kind: Kind::Wrk { path: "/64m", threads: 1, conns: 1, close: false } },
             Scenario { name: "bulk-upload-1m-c64", what: "upload 1 MiB bodies (POST), 64 connections", kind: Kind::Upload { size: 1 << 20, threads: 2, conns: 64 } },
-            Scenario { name: "small-1k-h1", what: "1 KiB responses, 64 keep-alive HTTP/1.1 connections", kind: Kind::Wrk { path: "/1k", threads: 2, conns: 64, close: false } },
+            small_h1(),
             Scenario { name: "small-1k-h1-half", what: "1 KiB responses, 64 keep-alive HTTP/1.1 connections paced to half the slowest TLS contender's small-1k-h1 rate (latency at half load)", kind: Kind::Paced { path: "/1k", threads: 2, conns: 64 } },
             Scenario { name: "small-1k-h2", what: "1 KiB responses, h2, 16 connections x 10 streams", kind: Kind::H2 { path: "/1k", conns: 16, streams: 10 } },
             Scenario { name: "handshake-full", what: "new TLS 1.3 connection per request (ECDSA P-256, full handshake), openssl s_time -new", kind: Kind::STime { resumed: false, rsa: false } },
@@ -203,6 +203,11 @@ pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Vec<(String,
     Ok((samples, notes))
 }
 
+/// `small-1k-h1`: the full-load run that half load is derived from.
+fn small_h1() -> Scenario {
+    Scenario { name: "small-1k-h1", what: "1 KiB responses, 64 keep-alive HTTP/1.1 connections", kind: Kind::Wrk { path: "/1k", threads: 2, conns: 64, close: false } }
+}
+
 /// Half the `small-1k-h1` rate of the slowest TLS contender so far (medians), if measured.
 fn half_load(samples: &[Sample]) -> Option<f64> {
     let mut rates: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
@@ -221,7 +226,7 @@ fn half_load(samples: &[Sample]) -> Option<f64> {
 
 /// `small-1k-h1` at full load against every TLS contender, when the plan did not include it.
 fn calibrate(plan: &Plan, contenders: &[Server], dir: &Path) -> anyhow::Result<f64> {
-    let small = Scenario { name: "small-1k-h1", what: "", kind: Kind::Wrk { path: "/1k", threads: 2, conns: 64, close: false } };
+    let small = small_h1();
     let samples = contenders
         .iter()
         .filter(|c| c.name != "tcp-proxy")
