@@ -232,7 +232,7 @@ fn guest_sizes(quick: bool) -> (u64, u64) {
 }
 
 /// The guest half of the benchmark: lbd's kTLS paths (raw and HTTP) against its userspace ones, in guest
-/// instructions per byte (whole guest, user + kernel), counted by our TCG plugin. Boots the
+/// instructions per byte (whole guest, user + kernel, and lbd's vCPU alone), counted by our TCG plugin. Boots the
 /// guest once per (mode, size). Writes `out` (JSON) for lb-bench's report.
 fn guest_insns(quick: bool, profile: &str, out: &std::path::Path) -> anyhow::Result<()> {
     let mut build = Command::new("cargo");
@@ -261,14 +261,40 @@ fn guest_insns(quick: bool, profile: &str, out: &std::path::Path) -> anyhow::Res
                 bail!("guest transfer ({mode}, {bytes} bytes) exited with {code}");
             }
             let text = std::fs::read_to_string(&count_file).with_context(|| format!("the TCG plugin wrote no count to {}", count_file.display()))?;
-            let insns: u64 = text.trim().parse().with_context(|| format!("count {text:?}"))?;
-            eprintln!("xtask bench: guest {mode} {bytes} bytes: {insns} instructions");
-            counts.push(serde_json::json!({"bytes": bytes, "instructions": insns}));
+            let c = plugin_counts(&text).with_context(|| format!("the TCG plugin's counts {text:?}"))?;
+            eprintln!("xtask bench: guest {mode} {bytes} bytes: {} instructions in the transfer ({} of them on lbd's vCPU), {} in the whole boot", c.window, c.lbd, c.boot);
+            counts.push(serde_json::json!({"bytes": bytes, "instructions": c.window, "lbd_instructions": c.lbd, "boot_instructions": c.boot}));
         }
         modes.insert(mode.into(), serde_json::Value::Array(counts));
     }
     std::fs::write(out, serde_json::to_string_pretty(&serde_json::Value::Object(modes))?)?;
     Ok(())
+}
+
+/// Instructions the TCG plugin counted in one boot (see `benches/tcg-insns`).
+struct PluginCounts {
+    /// The whole boot, all vCPUs.
+    boot: u64,
+    /// Between `lb-guest-transfer`'s start and stop marks, all vCPUs.
+    window: u64,
+    /// The same window on vCPU 1, where `lb-guest-transfer` pins lbd.
+    lbd: u64,
+}
+
+fn plugin_counts(text: &str) -> anyhow::Result<PluginCounts> {
+    let mut lines = text.lines();
+    let boot = lines.next().unwrap_or_default().trim().parse()?;
+    let mut field = |name: &str| -> anyhow::Result<Vec<u64>> {
+        let line = lines.find_map(|l| l.strip_prefix(name).and_then(|l| l.strip_prefix(' '))).with_context(|| format!("no {name:?} line"))?;
+        Ok(line.split_whitespace().map(str::parse).collect::<Result<_, _>>()?)
+    };
+    let marks = field("marks")?;
+    if marks != [1, 1] {
+        bail!("the start and stop marks ran {marks:?} times, not once each");
+    }
+    let window = field("window")?;
+    let lbd = *window.get(1).context("no count for vCPU 1 (lbd's)")?;
+    Ok(PluginCounts { boot, window: window.iter().sum(), lbd })
 }
 
 /// Builds lbd and the harness (release, or debug for `--quick`) and runs the harness.

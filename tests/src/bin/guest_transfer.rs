@@ -8,6 +8,11 @@
 //! handshake, headers) is the same for every N, so the difference between two sizes is the cost
 //! of the bytes alone. Exits non-zero if the bytes did not all arrive or the TLS path was not
 //! the one asked for.
+//!
+//! lbd's threads (its runtime, and every thread it starts) run on CPU 1 only; the backend's and
+//! the client's on CPU 0 only. With the TCG plugin's per-vCPU counts, vCPU 1's instructions are
+//! then lbd's own work, user and kernel (its system calls, and the loopback delivery its sends
+//! run), like the server CPU time the host benchmark measures.
 
 use std::sync::Arc;
 
@@ -17,9 +22,60 @@ use lb_tests::fixture::{bundle, serve, tls_settings};
 use lb_userspace::daemon::{Daemon, KtlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+/// The CPU lbd runs on; the backend and the client run on [`PEERS_CPU`].
+const LBD_CPU: usize = 1;
+const PEERS_CPU: usize = 0;
+
+/// Marks the start of the window the TCG plugin measures (`benches/tcg-insns`): `xchg bx, bx`,
+/// a no-op that compilers never emit.
+fn start_mark() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: exchanging a register with itself changes no register, memory or flag.
+    unsafe {
+        std::arch::asm!("xchg bx, bx", options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Marks the window's end: `xchg cx, cx`.
+fn stop_mark() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `start_mark`.
+    unsafe {
+        std::arch::asm!("xchg cx, cx", options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Restricts the calling thread (and the threads it starts later) to one CPU.
+fn pin(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the calls only read and write `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    // Every thread started from here on inherits CPU 1: lbd's runtime and anything it spawns.
+    pin(LBD_CPU).map_err(|e| anyhow::anyhow!("pinning to CPU {LBD_CPU} (the guest needs two CPUs): {e}"))?;
+    let lbd = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("lbd").enable_all().build()?;
+    let peers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("peers")
+        .on_thread_start(|| pin(PEERS_CPU).expect("pinning the backend and client to CPU 0"))
+        .enable_all()
+        .build()?;
+    // A task, not block_on's own future: that one would run on this (CPU 1) thread.
+    peers.block_on(peers.spawn(peers_task(lbd.handle().clone())))?
+}
+
+/// Parses the arguments, starts the backend (on this runtime) and lbd (on `lbd`), and runs the
+/// client.
+async fn peers_task(lbd: tokio::runtime::Handle) -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1).collect::<Vec<_>>().into_iter();
     let (mut mode, mut bytes) = (String::new(), 0u64);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -73,8 +129,10 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let tls = tls_settings(bundle(dir.path(), "a.example"), vec![]);
     let pool = if http { PoolProtocol::Http } else { PoolProtocol::Tcp };
-    let (daemon, port) = serve(Daemon::start(ktls), &[backend_addr], tls, pool).await;
+    let (daemon, port) = lbd.spawn(async move { serve(Daemon::start(ktls), &[backend_addr], tls, pool).await }).await?;
     let cfg = client::config(&[&rustls::version::TLS13], Some(vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256]), &[]);
+    // The measured window: the connection, its handshake and the transfer (lbd is running).
+    start_mark();
     let mut tls = client::connect(port, "a.example", cfg).await?;
     if http {
         tls.write_all(b"GET /bulk HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n").await?;
@@ -98,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
             in_body = true;
         }
     }
+    stop_mark();
     if http {
         let head = String::from_utf8_lossy(&head);
         anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "response: {head}");
