@@ -64,7 +64,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(quick: bool, only: Option<&str>, nofile: u64) -> anyhow::Result<Plan> {
-        let idle = if quick { 500 } else { (servers::max_connections() as usize - 100).min(10_000) };
+        let idle = if quick { 500 } else { servers::idle_connections() as usize };
         let all = vec![
             Scenario { name: "bulk-1m-c1", what: "download 1 MiB bodies, 1 connection, HTTP/1.1 keep-alive", kind: Kind::Wrk { path: "/1m", threads: 1, conns: 1, close: false } },
             Scenario { name: "bulk-1m-c64", what: "download 1 MiB bodies, 64 connections", kind: Kind::Wrk { path: "/1m", threads: 2, conns: 64, close: false } },
@@ -84,7 +84,7 @@ impl Plan {
             .into_iter()
             .filter(|s| only.map_or(!quick || quick_set.contains(&s.name), |o| o.split(',').any(|n| n == s.name)))
             .collect();
-        let l4 = only.is_some_and(|o| o == "guest-insns" || crate::l4::SCENARIOS.iter().any(|(n, _)| *n == o));
+        let l4 = only.is_some_and(|o| o == "guest-insns" || o == "guest-idle" || crate::l4::SCENARIOS.iter().any(|(n, _)| *n == o));
         anyhow::ensure!(!scenarios.is_empty() || l4, "no scenario named {only:?}");
         let env = Env {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),

@@ -62,6 +62,13 @@ pub fn max_connections() -> u64 {
     ((procs::nofile().saturating_sub(200)) / 2).min(40_000)
 }
 
+/// Idle TLS connections the idle scenario holds: 10000, or fewer if the open-file limit is
+/// lower. An idle connection costs the contender one descriptor (no backend connection) and the
+/// harness one, each in its own process.
+pub fn idle_connections() -> u64 {
+    procs::nofile().saturating_sub(500).min(10_000)
+}
+
 /// Starts contender `name` with its files under `dir`.
 pub fn start(name: &str, lbd_bin: &Path, dir: &Path, certs: &Certs, backend: u16) -> anyhow::Result<Server> {
     std::fs::create_dir_all(dir)?;
@@ -163,11 +170,14 @@ pub fn haproxy(dir: &Path, certs: Option<&Certs>, backend: u16) -> anyhow::Resul
     std::fs::write(
         &conf,
         format!(
-            "global\n  nbthread 2\n  maxconn {maxconn}\n  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n\
+            "global\n  nbthread 2\n  maxconn {maxconn}\n  no strict-limits\n  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n\
              defaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
              {frontends}\
              backend b\n  server s1 127.0.0.1:{backend} maxconn 10000\n",
-            maxconn = max_connections()
+            // Enough for the idle scenario's connections, even when the open-file limit is too
+            // low for that many proxied ones (two descriptors each): `no strict-limits` makes
+            // HAProxy warn about it instead of refusing to start.
+            maxconn = max_connections().max(idle_connections() + 100)
         ),
     )?;
     let mut s = Server::spawn(name, port, Command::new("haproxy").arg("-db").arg("-f").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()))?;
