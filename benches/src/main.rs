@@ -28,7 +28,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut lbd, mut out, mut quick, mut only, mut guest, mut contender) = (None, PathBuf::from("target/bench"), false, None, None, None);
+    let (mut lbd, mut out, mut quick, mut only, mut guest, mut guest_idle, mut contender) = (None, PathBuf::from("target/bench"), false, None, None, None, None);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--lbd" => lbd = args.next().map(PathBuf::from),
@@ -37,7 +37,8 @@ fn main() -> anyhow::Result<()> {
             "--scenario" => only = args.next(),
             "--contender" => contender = args.next(),
             "--guest-insns" => guest = args.next().map(PathBuf::from),
-            other => bail!("unknown argument {other:?} (usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME] [--contender NAME] [--guest-insns FILE])"),
+            "--guest-idle" => guest_idle = args.next().map(PathBuf::from),
+            other => bail!("unknown argument {other:?} (usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME] [--contender NAME] [--guest-insns FILE] [--guest-idle FILE])"),
         }
     }
     let lbd = lbd.context("--lbd PATH (the release lbd binary)")?;
@@ -67,7 +68,8 @@ fn main() -> anyhow::Result<()> {
         Some(f) => Some(report::GuestInsns::read(&f)?),
         None => None,
     };
-    let text = report::write(&out, &plan, &samples, &l4, guest.as_ref(), &notes)?;
+    let guest_idle = guest_idle.map(|f| report::GuestIdle::read(&f)).transpose()?;
+    let text = report::write(&out, &plan, &samples, &l4, guest.as_ref(), guest_idle.as_ref(), &notes)?;
     println!("{text}");
     println!("report: {}", out.join("REPORT.md").display());
     Ok(())

@@ -78,7 +78,7 @@ fn human(v: f64, bulk: bool) -> String {
 }
 
 /// Writes the report and chart; returns the printed summary.
-pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest: Option<&GuestInsns>, notes: &[(String, String)]) -> anyhow::Result<String> {
+pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest: Option<&GuestInsns>, guest_idle: Option<&GuestIdle>, notes: &[(String, String)]) -> anyhow::Result<String> {
     let rows = rows(samples);
     let env = &plan.env;
     let mut md = String::new();
@@ -166,6 +166,9 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
     }
     l4_section(&mut md, &mut summary, l4)?;
     if let Some(g) = guest {
+        g.section(&mut md, &mut summary)?;
+    }
+    if let Some(g) = guest_idle {
         g.section(&mut md, &mut summary)?;
     }
     writeln!(md, "## Key ratios\n\n{}", summary.lines().skip(1).collect::<Vec<_>>().join("\n"))?;
@@ -335,6 +338,44 @@ impl GuestInsns {
             if let (Some(k), Some(u)) = (per("ktls-http"), per("userspace-http")) {
                 writeln!(summary, "- guest instructions per byte ({what}), kTLS HTTP / userspace HTTP = {:.2} ({k:.2} vs {u:.2})", k / u)?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// Idle TLS connections held open to a real lbd in the guest, kTLS off and on, from `cargo xtask
+/// bench`'s guest runs (`lb-guest-idle`).
+pub struct GuestIdle {
+    /// (lbd's `--ktls`, connections, RSS before, RSS after), RSS in KiB.
+    runs: Vec<(String, f64, f64, f64)>,
+}
+
+impl GuestIdle {
+    pub fn read(path: &Path) -> anyhow::Result<GuestIdle> {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+        let runs = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+                (r["ktls"].as_str().unwrap_or("").to_string(), f("conns"), f("rss_before_kib"), f("rss_after_kib"))
+            })
+            .collect();
+        Ok(GuestIdle { runs })
+    }
+
+    fn section(&self, md: &mut String, summary: &mut String) -> anyhow::Result<()> {
+        writeln!(md, "## guest-idle — idle TLS connections on a kernel with kTLS\n")?;
+        writeln!(md, "The same guest (Debian's kernel, kTLS), one boot per mode: `lb-guest-idle` starts a real lbd process (`--ktls auto` or `off`), configures a TERMINATED_HTTPS listener through its API, opens N TLS 1.3 connections that send nothing after the handshake and reads lbd's RSS (`/proc/PID/status`) before and after. It checks that every connection was counted on the path asked for (`lb_tls_connections_total`). Memory does not depend on emulation speed: these figures are real.\n")?;
+        writeln!(md, "| lbd | connections | RSS before | RSS with the connections open | RSS per connection |\n|---|---|---|---|---|")?;
+        for (ktls, n, before, after) in &self.runs {
+            writeln!(md, "| --ktls {ktls} | {n:.0} | {:.1} MiB | {:.1} MiB | {:.2} KiB |", before / 1024.0, after / 1024.0, (after - before) / n)?;
+        }
+        writeln!(md)?;
+        for (ktls, n, _, after) in &self.runs {
+            let path = if ktls == "auto" { "kTLS" } else { "userspace TLS" };
+            writeln!(summary, "- guest-idle: lbd ({path}, --ktls {ktls}) RSS {:.1} MiB with {n:.0} idle connections", after / 1024.0)?;
         }
         Ok(())
     }

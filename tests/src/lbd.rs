@@ -82,6 +82,11 @@ impl Lbd {
             .collect();
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", std::net::SocketAddr::new(self.ip, self.port))
     }

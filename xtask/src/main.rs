@@ -54,7 +54,7 @@ enum Cmd {
         quick: bool,
         /// Run only this scenario (bulk-1m-c1, bulk-1m-c64, bulk-64m-c1, small-1k-h1,
         /// small-1k-h2, handshake-full, handshake-resumed, idle-conns, l4-keepalive,
-        /// l4-connections, guest-insns).
+        /// l4-connections, guest-insns, guest-idle).
         #[arg(long)]
         scenario: Option<String>,
     },
@@ -74,6 +74,10 @@ const APT_PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The benchmark scenario run in the guest (instruction counts).
 const GUEST_SCENARIO: &str = "guest-insns";
+/// The guest's idle-memory figure (full runs only: 10k handshakes under emulation take minutes).
+const GUEST_IDLE_SCENARIO: &str = "guest-idle";
+/// Idle connections `guest-idle` holds, as the host's `idle-conns` does.
+const GUEST_IDLE_CONNS: u32 = 10_000;
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -256,7 +260,7 @@ fn guest_insns(quick: bool, profile: &str, out: &std::path::Path) -> anyhow::Res
             std::fs::create_dir_all(count_file.parent().unwrap())?;
             let plugin = vm::Plugin { library: library.clone(), options: format!("out={}", count_file.display()) };
             let argv = vec![target.join("lb-guest-transfer").display().to_string(), "--mode".into(), mode.into(), "--bytes".into(), bytes.to_string()];
-            let code = vm::run_in_guest_with(&argv, &[], Duration::from_secs(1800), Some(&plugin))?;
+            let code = vm::run_in_guest_with(&argv, &[], Duration::from_secs(1800), Some(&plugin))?.code;
             if code != 0 {
                 bail!("guest transfer ({mode}, {bytes} bytes) exited with {code}");
             }
@@ -268,6 +272,32 @@ fn guest_insns(quick: bool, profile: &str, out: &std::path::Path) -> anyhow::Res
         modes.insert(mode.into(), serde_json::Value::Array(counts));
     }
     std::fs::write(out, serde_json::to_string_pretty(&serde_json::Value::Object(modes))?)?;
+    Ok(())
+}
+
+/// The guest half's memory figure: a real lbd holding [`GUEST_IDLE_CONNS`] idle TLS
+/// connections on Debian's kernel, with kTLS off and on (`lb-guest-idle`, one boot each).
+/// Writes `out` (JSON) for lb-bench's report.
+fn guest_idle(profile: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    let mut build = Command::new("cargo");
+    build.args(["build", "--locked", "-p", "lb-tests", "--bin", "lb-guest-idle"]);
+    if profile == "release" {
+        build.arg("--release");
+    }
+    run(build.current_dir(workspace_root()))?;
+    let target = workspace_root().join("target").join(profile);
+    let lbd = target.join("lbd").display().to_string();
+    let mut runs = Vec::new();
+    for ktls in ["off", "auto"] {
+        let argv = vec![target.join("lb-guest-idle").display().to_string(), "--ktls".into(), ktls.into(), "--conns".into(), GUEST_IDLE_CONNS.to_string()];
+        let guest = vm::run_in_guest_with(&argv, &[("LBD_BIN", &lbd)], Duration::from_secs(1800), None)?;
+        if guest.code != 0 {
+            bail!("lb-guest-idle --ktls {ktls} exited with {}", guest.code);
+        }
+        let result: serde_json::Value = serde_json::from_str(guest.result.as_deref().context("lb-guest-idle wrote no result")?)?;
+        runs.push(result);
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&runs)?)?;
     Ok(())
 }
 
@@ -313,6 +343,11 @@ fn bench(quick: bool, scenario: Option<&str>) -> anyhow::Result<()> {
         let insns = workspace_root().join("target/bench/guest-insns.json");
         guest_insns(quick, profile, &insns)?;
         cmd.arg("--guest-insns").arg(&insns);
+    }
+    if !quick && scenario.is_none_or(|s| s == GUEST_IDLE_SCENARIO) {
+        let idle = workspace_root().join("target/bench/guest-idle.json");
+        guest_idle(profile, &idle)?;
+        cmd.arg("--guest-idle").arg(&idle);
     }
     if quick {
         cmd.arg("--quick");

@@ -202,7 +202,14 @@ fn quote(word: &str) -> String {
 /// Boots one guest that runs `argv` (as root, cwd = workspace root) and returns its exit status.
 /// Output streams to our stdout as the guest prints it.
 pub fn run_in_guest(argv: &[String], env: &[(&str, &str)], timeout: Duration) -> anyhow::Result<i32> {
-    run_in_guest_with(argv, env, timeout, None)
+    Ok(run_in_guest_with(argv, env, timeout, None)?.code)
+}
+
+/// What a guest run left: its exit status, and what it wrote to `$LB_GUEST_RESULT` (a file in
+/// the exchange directory), if anything.
+pub struct GuestRun {
+    pub code: i32,
+    pub result: Option<String>,
 }
 
 /// A TCG plugin to load into the guest's QEMU: the library and its options (`key=value,...`).
@@ -213,7 +220,7 @@ pub struct Plugin {
 }
 
 /// [`run_in_guest`], optionally with a TCG plugin loaded.
-pub fn run_in_guest_with(argv: &[String], env: &[(&str, &str)], timeout: Duration, plugin: Option<&Plugin>) -> anyhow::Result<i32> {
+pub fn run_in_guest_with(argv: &[String], env: &[(&str, &str)], timeout: Duration, plugin: Option<&Plugin>) -> anyhow::Result<GuestRun> {
     let kernel = kernel()?;
     let initrd = initramfs(&kernel)?;
     let xfer = cache_dir().join(format!("xfer-{}", std::process::id()));
@@ -223,6 +230,7 @@ pub fn run_in_guest_with(argv: &[String], env: &[(&str, &str)], timeout: Duratio
 
     let mut script = String::from("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root\n");
     script.push_str("export LB_VM=1 RUST_BACKTRACE=1\n");
+    script.push_str(&format!("export LB_GUEST_RESULT={}\n", quote(&xfer.join("result").to_string_lossy())));
     for (k, v) in env {
         script.push_str(&format!("export {k}={}\n", quote(v)));
     }
@@ -291,15 +299,17 @@ pub fn run_in_guest_with(argv: &[String], env: &[(&str, &str)], timeout: Duratio
     let _ = reader.join();
     tail.extend(rx.try_iter());
     let status = std::fs::read_to_string(xfer.join("status")).ok();
+    let result = std::fs::read_to_string(xfer.join("result")).ok();
     let _ = std::fs::remove_dir_all(&xfer);
     eprintln!("xtask vm-test: guest ran {:.1}s", started.elapsed().as_secs_f64());
-    match status.and_then(|s| s.trim().parse::<i32>().ok()) {
-        Some(code) => Ok(code),
+    let code = match status.and_then(|s| s.trim().parse::<i32>().ok()) {
+        Some(code) => code,
         None => {
             let why = if finished { "the guest powered off without reporting a status" } else { "the guest timed out" };
             let tail: Vec<String> = tail.into_iter().rev().take(40).rev().collect();
             eprintln!("xtask vm-test: harness failure: {why}; console tail:\n{}", tail.join("\n"));
-            Ok(HARNESS_FAILURE)
+            HARNESS_FAILURE
         }
-    }
+    };
+    Ok(GuestRun { code, result })
 }
