@@ -105,6 +105,18 @@ pub mod netns;
 pub mod peers;
 pub mod pki;
 
+/// The `--name value` flags of a small helper binary (`lb-guest-*`), each one of `names`.
+pub fn flags(names: &[&str]) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut args = std::env::args().skip(1);
+    let mut out = std::collections::HashMap::new();
+    while let Some(a) = args.next() {
+        anyhow::ensure!(names.contains(&a.as_str()), "unknown argument {a:?} (expected {})", names.join(", "));
+        let value = args.next().ok_or_else(|| anyhow::anyhow!("{a} needs a value"))?;
+        out.insert(a, value);
+    }
+    Ok(out)
+}
+
 /// The value of the Prometheus sample `series` (name with labels, exactly as exposed), 0 if absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()

@@ -35,15 +35,9 @@ fn raise_nofile(n: u64) -> anyhow::Result<()> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let (mut ktls, mut conns) = (String::new(), 0usize);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--ktls" => ktls = args.next().unwrap_or_default(),
-            "--conns" => conns = args.next().and_then(|v| v.parse().ok()).unwrap_or(0),
-            other => anyhow::bail!("unknown argument {other:?}"),
-        }
-    }
+    let flags = lb_tests::flags(&["--ktls", "--conns"])?;
+    let ktls = flags.get("--ktls").cloned().unwrap_or_default();
+    let conns: usize = flags.get("--conns").and_then(|v| v.parse().ok()).unwrap_or(0);
     anyhow::ensure!(ktls == "auto" || ktls == "off", "--ktls auto|off, not {ktls:?}");
     anyhow::ensure!(conns > 0, "--conns N (N > 0)");
     let out = std::env::var("LB_GUEST_RESULT").map_err(|_| anyhow::anyhow!("LB_GUEST_RESULT is not set"))?;

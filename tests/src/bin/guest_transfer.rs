@@ -75,15 +75,9 @@ fn main() -> anyhow::Result<()> {
 /// Parses the arguments, starts the backend (on this runtime) and lbd (on `lbd`), and runs the
 /// client.
 async fn peers_task(lbd: tokio::runtime::Handle) -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1).collect::<Vec<_>>().into_iter();
-    let (mut mode, mut bytes) = (String::new(), 0u64);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--mode" => mode = args.next().unwrap_or_default(),
-            "--bytes" => bytes = args.next().and_then(|v| v.parse().ok()).unwrap_or(0),
-            other => anyhow::bail!("unknown argument {other:?}"),
-        }
-    }
+    let flags = lb_tests::flags(&["--mode", "--bytes"])?;
+    let mode = flags.get("--mode").cloned().unwrap_or_default();
+    let bytes: u64 = flags.get("--bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
     let (ktls, http) = match mode.as_str() {
         "ktls" => (KtlsMode::Auto, false),
         "userspace" => (KtlsMode::Off, false),
