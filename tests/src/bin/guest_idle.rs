@@ -6,8 +6,8 @@
 //! Octavia load balancer with an HTTP pool); a rustls client completes N TLS 1.3 handshakes and
 //! sends nothing more. With `--ktls auto` every connection is offloaded, so lbd holds no rustls
 //! state for it; with `off` the records stay in rustls. Writes one JSON object to
-//! `$LB_GUEST_RESULT` (lbd's RSS before and after, the connections offloaded) and exits
-//! non-zero if a connection failed or was not on the path asked for.
+//! `$LB_GUEST_RESULT` (lbd's RSS and anonymous RSS before and after, the connections on the
+//! path) and exits non-zero if a connection failed or was not on the path asked for.
 
 use std::time::Duration;
 
@@ -16,9 +16,10 @@ use lb_tests::lbd::Lbd;
 use lb_tests::{client, free_port, metric, pkcs12, self_signed};
 use serde_json::json;
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `RssAnon`).
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))?;
+    let line = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).ok_or_else(|| anyhow::anyhow!("no {field} for {pid}"))?;
     Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }
 
@@ -73,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = rss_kib(pid)?;
+    let (before, anon_before) = (status_kib(pid, "VmRSS")?, status_kib(pid, "RssAnon")?);
 
     let cfg = client::config(&[&rustls::version::TLS13], Some(vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256]), &[]);
     let mut held = Vec::with_capacity(conns);
@@ -99,8 +100,9 @@ async fn main() -> anyhow::Result<()> {
     }
     anyhow::ensure!(on_path as usize == conns, "{on_path} of {conns} connections counted as {series}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pid)?;
-    let result = json!({"ktls": ktls, "conns": conns, "rss_before_kib": before, "rss_after_kib": after, "on_path": on_path});
+    let (after, anon_after) = (status_kib(pid, "VmRSS")?, status_kib(pid, "RssAnon")?);
+    let result = json!({"ktls": ktls, "conns": conns, "rss_before_kib": before, "rss_after_kib": after,
+                        "anon_before_kib": anon_before, "anon_after_kib": anon_after, "on_path": on_path});
     println!("lb-guest-idle: {result}");
     std::fs::write(out, result.to_string())?;
     drop(held);
