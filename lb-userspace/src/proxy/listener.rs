@@ -58,28 +58,32 @@ pub fn spawn(listener: TcpListener, shared: Arc<ArcSwap<ListenerRuntime>>, polic
                 tracing::debug!(listener = %rt.id, %peer, "connection refused: source outside allowed_cidrs");
                 continue;
             }
-            let shared = shared.clone();
-            let policy = policy.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                handle(tcp, peer, shared, &policy).await;
-            });
+            // `handle`'s future is the task itself (no wrapping block holding copies of its
+            // arguments), and the socket comes boxed (an argument keeps its slot in the task
+            // for the connection's life, a box pointer is smaller): an idle connection's task
+            // stays small.
+            tokio::spawn(handle(Box::new(tcp), peer, shared.clone(), policy.clone(), permit));
         }
     })
 }
 
-async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRuntime>>, policy: &OffloadPolicy) {
+/// One accepted connection, holding its place under the connection limit (`_permit`) until it
+/// ends.
+async fn handle(tcp: Box<TcpStream>, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRuntime>>, policy: Arc<OffloadPolicy>, _permit: Option<tokio::sync::OwnedSemaphorePermit>) {
     let rt = shared.load_full();
     let _ = tcp.set_nodelay(true);
-    let labels = ListenerLabels { listener: rt.id.clone() };
-    rt.metrics.connections.get_or_create(&labels).inc();
-    let active = rt.metrics.active_connections.get_or_create(&labels).clone();
+    // The labels (a copy of the listener id) are dropped here rather than kept in the task.
+    let active = {
+        let labels = ListenerLabels { listener: rt.id.clone() };
+        rt.metrics.connections.get_or_create(&labels).inc();
+        rt.metrics.active_connections.get_or_create(&labels).clone()
+    };
     active.inc();
 
     let (client, h2, client_cert) = match (&rt.protocol, &rt.tls) {
         (ListenerProtocol::TerminatedHttps, Some(config)) => {
             // Boxed, like the handlers below: the handshake's state is freed once it completes.
-            let handshake = tokio::time::timeout(rt.timeouts.client_data, Box::pin(accept(tcp, config.clone(), policy)))
+            let handshake = tokio::time::timeout(rt.timeouts.client_data, Box::pin(accept(*tcp, config.clone(), &policy)))
                 .await
                 .unwrap_or_else(|_| {
                     Err(AcceptError::Handshake(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out")))
@@ -109,7 +113,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRu
                 }
             }
         }
-        _ => (PeerStream::Plain(tcp), false, None),
+        _ => (PeerStream::Plain(*tcp), false, None),
     };
 
     let is_tls = rt.tls.is_some();
@@ -119,7 +123,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRu
         // connections): hyper's buffers are only allocated once it arrives. h2 clients send
         // their preface at once.
         if !h2 {
-            let waited = match tokio::time::timeout(rt.timeouts.client_data, client.readable()).await {
+            let waited = match tokio::time::timeout(rt.timeouts.client_data, std::future::poll_fn(|cx| client.poll_readable(cx))).await {
                 Ok(r) => r,
                 Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no request within the client data timeout")),
             };

@@ -216,20 +216,23 @@ impl PeerStream {
         }
     }
 
-    /// Waits until there is something to read: bytes in the socket, or plaintext this end
+    /// Ready when there is something to read: bytes in the socket, or plaintext this end
     /// already holds. Lets a connection that has not sent anything yet wait without the buffers
     /// a protocol handler would allocate (an idle TLS connection then costs only its TLS state).
-    pub async fn readable(&self) -> io::Result<()> {
+    ///
+    /// A poll function rather than a future: waiting through the socket's own read-readiness
+    /// slot keeps no waiter state in the waiting connection's task.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let tcp = match self {
-            PeerStream::Ktls(k) if !k.prefix.is_empty() => return Ok(()),
+            PeerStream::Ktls(k) if !k.prefix.is_empty() => return Poll::Ready(Ok(())),
             PeerStream::Ktls(k) => k.tcp(),
-            PeerStream::Rustls(s) if !s.get_ref().1.wants_read() => return Ok(()),
+            PeerStream::Rustls(s) if !s.get_ref().1.wants_read() => return Poll::Ready(Ok(())),
             PeerStream::Rustls(s) => s.get_ref().0.get_ref(),
-            PeerStream::RustlsClient(s) if !s.get_ref().1.wants_read() => return Ok(()),
+            PeerStream::RustlsClient(s) if !s.get_ref().1.wants_read() => return Poll::Ready(Ok(())),
             PeerStream::RustlsClient(s) => s.get_ref().0.get_ref(),
             PeerStream::Plain(t) => t,
         };
-        tcp.readable().await
+        tcp.poll_read_ready(cx)
     }
 
     /// Plaintext received during the kTLS hand-over, to be forwarded before anything else.
