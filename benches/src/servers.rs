@@ -141,12 +141,26 @@ pub fn nginx_tls(dir: &Path, certs: &Certs, backend: u16) -> anyhow::Result<Serv
         ),
     )?;
     s.rsa_port = Some(rsa_port);
-    s.note = if std::path::Path::new("/proc/net/tls_stat").exists() {
-        "ssl_conf_command Options KTLS set; the kernel has kTLS (see /proc/net/tls_stat deltas)".into()
-    } else {
-        "ssl_conf_command Options KTLS set but not in effect: this kernel has no kTLS".into()
-    };
+    s.note = nginx_ktls_note(port);
     Ok(s)
+}
+
+/// Whether nginx's `ssl_conf_command Options KTLS` took effect (it needs a kernel with kTLS and
+/// an OpenSSL built with it): one HTTPS request through nginx, and the kernel's kTLS socket
+/// counters before and after.
+fn nginx_ktls_note(port: u16) -> String {
+    let Some(before) = lb_userspace::tls::offload::tls_stat() else {
+        return "ssl_conf_command Options KTLS set but not in effect: this kernel has no kTLS".into();
+    };
+    let probe = Command::new("curl").args(["-sk", "-o", "/dev/null", &format!("https://127.0.0.1:{port}/1k")]).status();
+    let after = lb_userspace::tls::offload::tls_stat().unwrap_or_default();
+    let opened = |keys: [&str; 2]| -> u64 { keys.iter().map(|k| after.get(*k).unwrap_or(&0).saturating_sub(*before.get(*k).unwrap_or(&0))).sum() };
+    let (tx, rx) = (opened(["TlsTxSw", "TlsTxDevice"]), opened(["TlsRxSw", "TlsRxDevice"]));
+    match probe {
+        Ok(st) if st.success() && tx + rx > 0 => format!("ssl_conf_command Options KTLS in effect: one request through nginx opened {tx} kTLS TX and {rx} RX sockets (/proc/net/tls_stat)"),
+        Ok(st) if st.success() => "ssl_conf_command Options KTLS set but not in effect: a request through nginx opened no kTLS socket (/proc/net/tls_stat unchanged), so its OpenSSL does not offload".into(),
+        _ => "ssl_conf_command Options KTLS set; the probe request through nginx failed, so whether it took effect is unknown".into(),
+    }
 }
 
 /// HAProxy terminating TLS in `mode http` (a frontend per certificate), or plain `mode tcp`
