@@ -229,6 +229,18 @@ fn build_ebpf() -> anyhow::Result<()> {
         .env_remove("CARGO"))
 }
 
+/// `cargo build --locked TARGETS` in `profile` ("release" or "debug"); returns that profile's
+/// output directory.
+fn cargo_build(profile: &str, targets: &[&str]) -> anyhow::Result<PathBuf> {
+    let mut build = Command::new("cargo");
+    build.args(["build", "--locked"]).args(targets);
+    if profile == "release" {
+        build.arg("--release");
+    }
+    run(build.current_dir(workspace_root()))?;
+    Ok(workspace_root().join("target").join(profile))
+}
+
 /// Transfer sizes of the guest instruction counts (small, large): the difference between the
 /// two runs is the cost of `large - small` bytes alone.
 fn guest_sizes(quick: bool) -> (u64, u64) {
@@ -239,14 +251,8 @@ fn guest_sizes(quick: bool) -> (u64, u64) {
 /// instructions per byte (whole guest, user + kernel, and lbd's vCPU alone), counted by our TCG plugin. Boots the
 /// guest once per (mode, size). Writes `out` (JSON) for lb-bench's report.
 fn guest_insns(quick: bool, profile: &str, out: &std::path::Path) -> anyhow::Result<()> {
-    let mut build = Command::new("cargo");
     // `--lib` too: with a target filter cargo builds only the named targets of each package.
-    build.args(["build", "--locked", "-p", "lb-tests", "--bin", "lb-guest-transfer", "-p", "lb-tcg-insns", "--lib"]);
-    if profile == "release" {
-        build.arg("--release");
-    }
-    run(build.current_dir(workspace_root()))?;
-    let target = workspace_root().join("target").join(profile);
+    let target = cargo_build(profile, &["-p", "lb-tests", "--bin", "lb-guest-transfer", "-p", "lb-tcg-insns", "--lib"])?;
     let library = target.join("liblb_tcg_insns.so");
     let (small, large) = guest_sizes(quick);
     let mut modes = serde_json::Map::new();
@@ -279,13 +285,7 @@ fn guest_insns(quick: bool, profile: &str, out: &std::path::Path) -> anyhow::Res
 /// connections on Debian's kernel, with kTLS off and on (`lb-guest-idle`, one boot each).
 /// Writes `out` (JSON) for lb-bench's report.
 fn guest_idle(profile: &str, out: &std::path::Path) -> anyhow::Result<()> {
-    let mut build = Command::new("cargo");
-    build.args(["build", "--locked", "-p", "lb-tests", "--bin", "lb-guest-idle"]);
-    if profile == "release" {
-        build.arg("--release");
-    }
-    run(build.current_dir(workspace_root()))?;
-    let target = workspace_root().join("target").join(profile);
+    let target = cargo_build(profile, &["-p", "lb-tests", "--bin", "lb-guest-idle"])?;
     let lbd = target.join("lbd").display().to_string();
     let mut runs = Vec::new();
     for ktls in ["off", "auto"] {
@@ -330,13 +330,7 @@ fn plugin_counts(text: &str) -> anyhow::Result<PluginCounts> {
 /// Builds lbd and the harness (release, or debug for `--quick`) and runs the harness.
 fn bench(quick: bool, scenario: Option<&str>) -> anyhow::Result<()> {
     let profile = if quick { "debug" } else { "release" };
-    let mut build = Command::new("cargo");
-    build.args(["build", "--locked", "-p", "lb-userspace", "--bin", "lbd", "-p", "lb-benches", "--bin", "lb-bench"]);
-    if !quick {
-        build.arg("--release");
-    }
-    run(build.current_dir(workspace_root()))?;
-    let target = workspace_root().join("target").join(profile);
+    let target = cargo_build(profile, &["-p", "lb-userspace", "--bin", "lbd", "-p", "lb-benches", "--bin", "lb-bench"])?;
     let mut cmd = Command::new(target.join("lb-bench"));
     cmd.arg("--lbd").arg(target.join("lbd")).arg("--out").arg(workspace_root().join("target/bench"));
     if scenario.is_none_or(|s| s == GUEST_SCENARIO) {
