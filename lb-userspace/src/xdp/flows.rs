@@ -57,8 +57,32 @@ pub fn sweep(maps: &mut Maps, w: &Written, now_ns: u64) -> Sweep {
         let _ = maps.conntrack.remove(key);
         if let Some(b) = backends.get(&flow.backend) {
             let reverse = FlowKey { src: b.addr, dst: b.snat, sport: b.port, dport: flow.nat_port, proto: key.proto, family: key.family, _pad: 0 };
-            let _ = maps.nat.remove(&reverse);
+            // The program gives a closing flow's translated port to a new flow before the
+            // closing one expires: the entry is then the new flow's, and stays.
+            if maps.nat.get(&reverse, 0).is_ok_and(|r| owned_by(&r, key)) {
+                let _ = maps.nat.remove(&reverse);
+            }
         }
     }
     out
+}
+
+/// Whether the translation `r` is that of the client flow `key`.
+fn owned_by(r: &Reverse, key: &FlowKey) -> bool {
+    r.client == key.src && r.vip == key.dst && r.client_port == key.sport && r.vip_port == key.dport
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_translation_belongs_only_to_the_client_flow_it_names() {
+        let key = FlowKey { src: v4([10, 0, 0, 2]), dst: v4([10, 0, 0, 1]), sport: 41000u16.to_be(), dport: 80u16.to_be(), proto: PROTO_TCP, family: FAMILY_V4, _pad: 0 };
+        let r = Reverse { client: key.src, vip: key.dst, client_port: key.sport, vip_port: key.dport, ..Default::default() };
+        assert!(owned_by(&r, &key));
+        let taken = Reverse { client_port: 41001u16.to_be(), ..r };
+        assert!(!owned_by(&taken, &key), "the port went to another client connection");
+        assert!(!owned_by(&Reverse { client: v4([10, 0, 0, 3]), ..r }, &key));
+    }
 }
