@@ -117,8 +117,30 @@ pub struct Flow {
     /// The TCP initial sequence number of the SYN that opened the flow (raw, network order):
     /// a SYN with it again is that SYN retransmitted, not a new flow.
     pub syn_seq: u32,
+    /// Added to the client's TCP timestamp (TSval) towards the member, so that the member sees
+    /// every flow on a translated tuple start at lb's millisecond clock (see [`ts_delta`]);
+    /// 0 when the SYN carried no timestamp.
+    pub ts_delta: u32,
+    pub _pad2: u32,
     /// `bpf_ktime_get_ns` of the last packet in either direction.
     pub last_seen_ns: u64,
+}
+
+/// The timestamp shift of a new flow whose SYN carries TSval `tsval`, at `now_ns`
+/// (`bpf_ktime_get_ns`).
+///
+/// A member that closed a connection first holds its tuple in TIME_WAIT (60 s on Linux) and
+/// accepts a new SYN on it only if the SYN's timestamp is newer than the last one it saw there
+/// (PAWS), or else its sequence number is higher. Clients' timestamp clocks start at an offset
+/// of their own per connection (RFC 7323; Linux does so per address and port pair), so when lb
+/// gives a translated port to a different client connection, the member would refuse about
+/// half of those SYNs (`TcpExtPAWSTimewait`), and each refused one costs the client a
+/// retransmitted SYN and its wait. Shifted so every flow
+/// starts at lb's clock in milliseconds (the fastest rate RFC 7323 allows clients, and
+/// Linux's), a translated tuple's timestamps only grow from one flow to the next.
+#[inline(always)]
+pub fn ts_delta(now_ns: u64, tsval: u32) -> u32 {
+    ((now_ns / 1_000_000) as u32).wrapping_sub(tsval)
 }
 
 /// Value of `NAT`: how to turn a member's reply back into the VIP's.
@@ -132,7 +154,9 @@ pub struct Reverse {
     pub vip_port: u16,
     pub service: u32,
     pub backend: u32,
-    pub _pad: u32,
+    /// The flow's [`Flow::ts_delta`], taken off the member's timestamp echo (TSecr) on the
+    /// way back.
+    pub ts_delta: u32,
 }
 
 /// Key of the `RATE` LRU map: one bucket per service and source address.
@@ -265,11 +289,24 @@ mod tests {
         assert_eq!(size_of::<Service>(), 32);
         assert_eq!(size_of::<Backend>(), 40);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<Flow>(), 24);
+        assert_eq!(size_of::<Flow>(), 32);
         assert_eq!(size_of::<Reverse>(), 48);
         assert_eq!(size_of::<RateKey>(), 20);
         assert_eq!(size_of::<Bucket>(), 16);
         assert_eq!(size_of::<CidrData>(), 20);
         assert_eq!(size_of::<Config>(), 8);
+    }
+
+    #[test]
+    fn shifted_timestamps_start_at_lbs_millisecond_clock_and_wrap() {
+        let now_ns = 7_000_123_456;
+        for tsval in [0, 1, 6_999, 7_000, 7_001, u32::MAX] {
+            assert_eq!(tsval.wrapping_add(ts_delta(now_ns, tsval)), 7_000, "tsval {tsval}");
+        }
+        // A later flow on the same tuple starts above an earlier flow's timestamps, whatever
+        // the two clients' own clocks read.
+        let (first, second) = (ts_delta(1_000_000_000, 4_000_000_000), ts_delta(1_005_000_000, 17));
+        let first_last = (4_000_000_000u32 + 4).wrapping_add(first);
+        assert!(((17u32.wrapping_add(second)).wrapping_sub(first_last) as i32) > 0);
     }
 }

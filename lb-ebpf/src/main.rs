@@ -27,6 +27,7 @@ use aya_ebpf::macros::{map, xdp};
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
 use aya_ebpf::programs::XdpContext;
+use lb_common::csum;
 use lb_common::xdp::*;
 
 #[map]
@@ -70,9 +71,17 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_TIMESTAMP: u8 = 8;
+/// TCP options walked looking for the timestamp (RFC 9293 layouts put it within the first few).
+const TCP_OPTIONS_WALKED: usize = 10;
 const NANO: u64 = 1_000_000_000;
 /// Translated-port candidates tried before a new flow is refused.
 const NAT_PROBES: u32 = 8;
+/// How long a closing flow's translated port rests before another client connection takes
+/// it: enough for lb's millisecond clock to tick past the flow's last timestamp twice.
+const REUSE_AFTER_NS: u64 = 2_000_000;
 
 #[repr(C)]
 struct Eth {
@@ -213,7 +222,8 @@ unsafe fn process(ctx: &XdpContext) -> Option<u32> {
             if let Err(reason) = admit(&svc, src, now) {
                 return Some(drop_for(svc.id, reason));
             }
-            match new_flow(&svc, &key, l4.seq, now) {
+            let tsval = if l4.udp { None } else { timestamp_at(ctx).and_then(|at| ptr_at::<[u8; 4]>(ctx, at)).map(|p| u32::from_be_bytes(unsafe { *p })) };
+            match new_flow(&svc, &key, l4.seq, tsval, now) {
                 Ok(f) => f,
                 Err(reason) => return Some(drop_for(svc.id, reason)),
             }
@@ -224,6 +234,10 @@ unsafe fn process(ctx: &XdpContext) -> Option<u32> {
     be_add(flow.backend, BeCounter::BytesTo, ip_len);
     unsafe {
         rewrite(ip, &l4, words(&backend.snat), words(&backend.addr), flow.nat_port, backend.port);
+        if flow.ts_delta != 0 {
+            // The client's TSval, shifted (see `Flow::ts_delta`).
+            shift_timestamp(ctx, &l4, 0, flow.ts_delta);
+        }
         Some(send(ctx, eth, ip, flow.service))
     }
 }
@@ -254,6 +268,10 @@ unsafe fn reply(ctx: &XdpContext, eth: *mut Eth, ip: *mut Ip4, l4: &L4, rev: &Re
     svc_add(rev.service, SvcCounter::BytesOut, ip_len);
     unsafe {
         rewrite(ip, l4, words(&rev.vip), words(&rev.client), rev.vip_port, rev.client_port);
+        if rev.ts_delta != 0 {
+            // The member's echo of the shifted TSval (TSecr), back to the client's own value.
+            shift_timestamp(ctx, l4, 4, rev.ts_delta.wrapping_neg());
+        }
         send(ctx, eth, ip, rev.service)
     }
 }
@@ -292,7 +310,7 @@ fn admit(svc: &Service, src: [u8; 16], now: u64) -> Result<(), SvcCounter> {
 
 /// Picks the member (Maglev) and a translated source port for a new flow, and records it.
 #[inline(always)]
-fn new_flow(svc: &Service, key: &FlowKey, syn_seq: u32, now: u64) -> Result<Flow, SvcCounter> {
+fn new_flow(svc: &Service, key: &FlowKey, syn_seq: u32, tsval: Option<u32>, now: u64) -> Result<Flow, SvcCounter> {
     let hash = flow_hash(key);
     let slot = hash.checked_rem(svc.ring_size).ok_or(SvcCounter::DropNoMember)?;
     let backend_id = *MAGLEV.get(svc.ring.wrapping_mul(RING_STRIDE).wrapping_add(slot)).ok_or(SvcCounter::DropNoMember)?;
@@ -315,14 +333,17 @@ fn new_flow(svc: &Service, key: &FlowKey, syn_seq: u32, now: u64) -> Result<Flow
             }
             // The same client tuple (a SYN that starts over on a closed flow), or a flow that
             // is closing or already gone: the port is free to take. Without this, flows in
-            // their closing grace would hold the port range at high connection rates.
+            // their closing grace would hold the port range at high connection rates. The
+            // member may still hold the tuple in TIME_WAIT; it takes the new SYN because the
+            // shifted timestamps grow (`ts_delta`), once lb's millisecond clock has moved past
+            // the closing flow's last packet.
             Some(r) => {
                 let r = unsafe { *r };
                 let same_client = r.client == key.src && r.client_port == key.sport;
                 let owner = FlowKey { src: r.client, dst: r.vip, sport: r.client_port, dport: r.vip_port, proto: key.proto, family: key.family, _pad: 0 };
                 let released = match CONNTRACK.get_ptr(&owner) {
                     None => true,
-                    Some(f) => (unsafe { (*f).state }) == FLOW_CLOSING,
+                    Some(f) => unsafe { (*f).state == FLOW_CLOSING && now.saturating_sub((*f).last_seen_ns) >= REUSE_AFTER_NS },
                 };
                 if same_client || released {
                     chosen = Some(rkey.dport);
@@ -332,7 +353,8 @@ fn new_flow(svc: &Service, key: &FlowKey, syn_seq: u32, now: u64) -> Result<Flow
         }
     }
     let nat_port = chosen.ok_or(SvcCounter::DropNatPorts)?;
-    let flow = Flow { backend: backend_id, service: svc.id, nat_port, state: FLOW_OPEN, _pad: 0, syn_seq, last_seen_ns: now };
+    let shift = tsval.map_or(0, |v| ts_delta(now, v));
+    let flow = Flow { backend: backend_id, service: svc.id, nat_port, state: FLOW_OPEN, _pad: 0, syn_seq, ts_delta: shift, _pad2: 0, last_seen_ns: now };
     let reverse = Reverse {
         client: key.src,
         vip: key.dst,
@@ -340,7 +362,7 @@ fn new_flow(svc: &Service, key: &FlowKey, syn_seq: u32, now: u64) -> Result<Flow
         vip_port: key.dport,
         service: svc.id,
         backend: backend_id,
-        _pad: 0,
+        ts_delta: shift,
     };
     CONNTRACK.insert(key, &flow, 0).map_err(|_| SvcCounter::DropNatPorts)?;
     NAT.insert(&rkey, &reverse, 0).map_err(|_| SvcCounter::DropNatPorts)?;
@@ -363,19 +385,19 @@ unsafe fn rewrite(ip: *mut Ip4, l4: &L4, src: [u16; 2], dst: [u16; 2], sport: u1
         let (old_sport, old_dport) = ((*l4.ports).sport, (*l4.ports).dport);
         let mut c = (*ip).csum;
         for i in 0..2 {
-            c = csum_replace(c, old_src[i], src[i]);
-            c = csum_replace(c, old_dst[i], dst[i]);
+            c = csum::replace16(c, old_src[i], src[i]);
+            c = csum::replace16(c, old_dst[i], dst[i]);
         }
         (*ip).csum = c;
         let mut c = *l4.csum;
         // A UDP checksum of 0 means "none": leave it so.
         if !(l4.udp && c == 0) {
             for i in 0..2 {
-                c = csum_replace(c, old_src[i], src[i]);
-                c = csum_replace(c, old_dst[i], dst[i]);
+                c = csum::replace16(c, old_src[i], src[i]);
+                c = csum::replace16(c, old_dst[i], dst[i]);
             }
-            c = csum_replace(c, old_sport, sport);
-            c = csum_replace(c, old_dport, dport);
+            c = csum::replace16(c, old_sport, sport);
+            c = csum::replace16(c, old_dport, dport);
             if l4.udp && c == 0 {
                 c = 0xffff;
             }
@@ -385,6 +407,46 @@ unsafe fn rewrite(ip: *mut Ip4, l4: &L4, src: [u16; 2], dst: [u16; 2], sport: u1
         (*ip).daddr = dst;
         (*l4.ports).sport = sport;
         (*l4.ports).dport = dport;
+    }
+}
+
+/// Where the TSval of the segment's TCP timestamp option is (its TSecr follows), if it carries
+/// one.
+#[inline(always)]
+fn timestamp_at(ctx: &XdpContext) -> Option<usize> {
+    let doff: *const u8 = ptr_at(ctx, L4_OFF + 12)?;
+    let end = L4_OFF + ((unsafe { *doff } >> 4) as usize) * 4;
+    let mut at = L4_OFF + 20;
+    for _ in 0..TCP_OPTIONS_WALKED {
+        // The timestamp option is 10 bytes: nothing shorter left can hold it.
+        if at + 10 > end {
+            return None;
+        }
+        let option: *const [u8; 2] = ptr_at(ctx, at)?;
+        let [kind, len] = unsafe { *option };
+        match kind {
+            TCPOPT_EOL => return None,
+            TCPOPT_NOP => at += 1,
+            TCPOPT_TIMESTAMP if len == 10 => return Some(at + 2),
+            _ if len < 2 => return None,
+            _ => at += len as usize,
+        }
+    }
+    None
+}
+
+/// Adds `delta` to the segment's TSval (`field` 0) or TSecr (`field` 4), if it has a timestamp
+/// option, and fixes the TCP checksum.
+#[inline(always)]
+unsafe fn shift_timestamp(ctx: &XdpContext, l4: &L4, field: usize, delta: u32) {
+    let Some(at) = timestamp_at(ctx).map(|a| a + field) else { return };
+    let Some(value) = ptr_at::<[u8; 4]>(ctx, at) else { return };
+    unsafe {
+        let old = *value;
+        let new = u32::from_be_bytes(old).wrapping_add(delta).to_be_bytes();
+        // The TCP header starts at an even offset, so `at`'s parity is its parity in the header.
+        *l4.csum = csum::replace32(*l4.csum, at, old, new);
+        *value = new;
     }
 }
 
@@ -415,16 +477,6 @@ unsafe fn send(ctx: &XdpContext, eth: *mut Eth, ip: *mut Ip4, service: u32) -> u
         }
         bpf_redirect(p.ifindex, 0) as u32
     }
-}
-
-/// 16-bit one's-complement checksum update (RFC 1624: HC' = ~(~HC + ~m + m')). Works on raw
-/// network-order words: one's-complement sums do not depend on byte order.
-#[inline(always)]
-fn csum_replace(csum: u16, old: u16, new: u16) -> u16 {
-    let mut s = (!csum) as u32 + (!old) as u32 + new as u32;
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    !(s as u16)
 }
 
 /// murmur3-style mix of the flow's source address, ports and protocol: what Maglev slots on.
