@@ -104,6 +104,8 @@ fn workspace_root() -> PathBuf {
 
 /// Builds each VM suite's test binary on the host and runs it in its own guest.
 fn vm_test(args: &[String], timeout: Duration) -> anyhow::Result<i32> {
+    // The suites start target/debug/lbd with the XDP object: both as the tree is now.
+    build_lbd()?;
     let mut failed = 0;
     for (package, target, extra) in VM_SUITES {
         let exe = test_binary(package, target)?;
@@ -352,10 +354,14 @@ fn bench(quick: bool, scenario: Option<&str>) -> anyhow::Result<()> {
     run(&mut cmd)
 }
 
-fn test() -> anyhow::Result<()> {
+/// The XDP object and the debug lbd the end-to-end tests run (on the host and in the guest).
+fn build_lbd() -> anyhow::Result<()> {
     build_ebpf()?;
-    // The end-to-end tests run the real lbd binary.
-    run(Command::new("cargo").args(["build", "--locked", "-p", "lb-userspace", "--bin", "lbd"]))?;
+    cargo_build("debug", &["-p", "lb-userspace", "--bin", "lbd"]).map(drop)
+}
+
+fn test() -> anyhow::Result<()> {
+    build_lbd()?;
     run(Command::new("cargo")
         .args(["test", "--workspace", "--locked"])
         .env("LB_OPENSTACK_VENV", venv_dir())
