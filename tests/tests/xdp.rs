@@ -420,13 +420,14 @@ fn a_syn_flood_from_one_source_is_limited_without_hurting_another() {
     assert!(drops >= 300.0, "{metrics}");
 }
 
-/// `TcpExt` counter `name` of `host`'s network namespace (/proc/net/netstat).
-fn tcp_ext(host: &lb_tests::netns::Host, name: &str) -> u64 {
+/// `TcpExt` counter `name` of `host`'s network namespace (/proc/net/netstat), if this kernel
+/// has it.
+fn tcp_ext(host: &lb_tests::netns::Host, name: &str) -> Option<u64> {
     let out = sh(host.cmd("cat").arg("/proc/net/netstat"));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
     let (names, values) = (lines[0].split_whitespace(), lines[1].split_whitespace());
-    names.zip(values).find(|(n, _)| *n == name).and_then(|(_, v)| v.parse().ok()).unwrap_or_else(|| panic!("no TcpExt {name}"))
+    names.zip(values).find(|(n, _)| *n == name).and_then(|(_, v)| v.parse().ok())
 }
 
 #[test]
@@ -441,8 +442,11 @@ fn translated_ports_are_reused_while_the_member_holds_them_in_time_wait() {
     let rig = Rig::with_args(1, &["--xdp-nat-ports", "20000-20003"]);
     rig.listener(json!({"protocol": "TCP", "protocol_port": 80}), "TCP", HTTP_PORT);
     let client = &rig.topo.hosts[CLIENT];
-    let members = || MEMBERS.iter().map(|m| tcp_ext(&rig.topo.hosts[*m], "PAWSTimewait")).sum::<u64>();
-    let (syn_retrans, paws) = (tcp_ext(client, "TCPSynRetrans"), members());
+    // This host's 6.18 counts PAWSTimewait, the guest's 6.1 does not; SYN retransmissions
+    // tell either way.
+    let members = || MEMBERS.iter().map(|m| tcp_ext(&rig.topo.hosts[*m], "PAWSTimewait")).sum::<Option<u64>>();
+    let syn_retransmissions = || tcp_ext(client, "TCPSynRetrans").expect("TcpExt TCPSynRetrans");
+    let (syn_retrans, paws) = (syn_retransmissions(), members());
     let started = Instant::now();
     for _ in 0..150 {
         assert!(rig.get(rig.client(0, 0), 80, "/").expect("request through XDP").starts_with("member="));
@@ -450,7 +454,7 @@ fn translated_ports_are_reused_while_the_member_holds_them_in_time_wait() {
         std::thread::sleep(Duration::from_millis(3));
     }
     let elapsed = started.elapsed();
-    let (syn_retrans, paws) = (tcp_ext(client, "TCPSynRetrans") - syn_retrans, members() - paws);
+    let (syn_retrans, paws) = (syn_retransmissions() - syn_retrans, members().zip(paws).map(|(a, b)| a - b));
     // TIME_WAIT lasts 60 s: a translated tuple in it now was in it between all its uses.
     let time_wait: usize = MEMBERS
         .iter()
@@ -459,9 +463,9 @@ fn translated_ports_are_reused_while_the_member_holds_them_in_time_wait() {
             String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.split_whitespace().any(|a| (20000..=20003).any(|p| a.ends_with(&format!(":{p}"))))).count()
         })
         .sum();
-    println!("150 connections over 4 translated ports per member in {elapsed:?}: {time_wait} translated tuples in TIME_WAIT on the members, {paws} SYNs refused by PAWS, {syn_retrans} SYN retransmissions");
+    println!("150 connections over 4 translated ports per member in {elapsed:?}: {time_wait} translated tuples in TIME_WAIT on the members, {} SYNs refused by PAWS, {syn_retrans} SYN retransmissions", paws.map_or("(not counted by this kernel)".to_string(), |p| p.to_string()));
     assert!((3..=12).contains(&time_wait), "the members closed first and hold the translated tuples in TIME_WAIT ({time_wait})");
-    assert_eq!(paws, 0, "members refused SYNs on their TIME_WAIT tuples (PAWS)");
+    assert!(paws.is_none_or(|p| p == 0), "members refused SYNs on their TIME_WAIT tuples (PAWS)");
     assert_eq!(syn_retrans, 0, "the client had to retransmit SYNs");
 }
 
