@@ -69,6 +69,12 @@ pub struct MemberLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolMemberLabels {
+    pub pool: String,
+    pub member: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerReasonLabels {
     pub listener: String,
     pub reason: &'static str,
@@ -121,6 +127,7 @@ pub struct Metrics {
     pub xdp_member_flows: Family<XdpMemberFlowLabels, Counter>,
     pub connections_denied: Family<ListenerReasonLabels, Counter>,
     pub member_errors: Family<MemberLabels, Counter>,
+    pub member_connections: Family<PoolMemberLabels, Counter>,
     pub handshake_failures: Family<ListenerReasonLabels, Counter>,
     pub member_tls: Family<PoolOffloadLabels, Counter>,
     pub member_tls_verification: Family<PoolVerificationLabels, Gauge>,
@@ -157,6 +164,7 @@ impl Metrics {
             xdp_member_flows: Family::default(),
             connections_denied: Family::default(),
             member_errors: Family::default(),
+            member_connections: Family::default(),
             handshake_failures: Family::default(),
             member_tls: Family::default(),
             member_tls_verification: Family::default(),
@@ -196,6 +204,7 @@ impl Metrics {
         registry.register("connections_denied", "Connections lbd's own listeners closed at once, by reason (allowed_cidrs)", m.connections_denied.clone());
         registry.register("request_errors", "Requests answered with a 5xx by lbd or the member, per listener", m.request_errors.clone());
         registry.register("member_errors", "Failures talking to members, by reason (TLS verification failures by their reason)", m.member_errors.clone());
+        registry.register("member_connections", "TCP connections lbd opened to a member (a pooled HTTP connection reused is not counted again)", m.member_connections.clone());
         registry.register(
             "tls_handshake_failures",
             "Client handshakes that failed, by reason (no_certificate, expired, revoked, unknown_issuer, ...)",

@@ -315,6 +315,30 @@ async fn many_requests_on_one_keep_alive_connection_and_multiplexed_h2_streams()
     assert_eq!(metric(&m, r#"lb_http_responses_total{listener="l1",code="200"}"#), 1000.0, "{m}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_connections_are_pooled_beyond_sixty_four_concurrent_requests() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = bulk::http_backend().await;
+    let tls = tls_with(dir.path(), vec![], &[]);
+    let (daemon, port) = serve(Daemon::start(KtlsMode::Auto), &[backend], tls, PoolProtocol::Http).await;
+    let opened = || -> f64 {
+        daemon.metrics.encode().lines().filter(|l| l.starts_with("lb_member_connections_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    // 2 h2 connections × 100 streams: up to 200 requests at once, each holding a member connection.
+    let load = move || h2load(port, &["-n", "4000", "-c", "2", "-m", "100"]);
+    let first = blocking(load).await;
+    assert!(first.contains("4000 succeeded, 0 failed, 0 errored"), "{first}");
+    let after_first = opened();
+    let second = blocking(load).await;
+    assert!(second.contains("4000 succeeded, 0 failed, 0 errored"), "{second}");
+    let again = opened() - after_first;
+    println!("member connections: {after_first} opened for the first 4000 requests, {again} more for the next 4000");
+    assert!(after_first > 64.0, "the load needs more than 64 member connections at once ({after_first})");
+    // The pool kept what the first burst opened: the second opens few, not the excess over 64.
+    assert!(again * 4.0 < after_first, "{again} new member connections in the second run");
+}
+
 /// Connects in raw mode and sends the backend header plus `n` bytes of stream 42.
 async fn raw_session(port: u16, n: u64) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let cfg = client::config(&[&rustls::version::TLS13], None, &[]);
