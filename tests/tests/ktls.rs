@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use lb_common::model::*;
@@ -101,6 +101,13 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
 
 fn bulk_bytes() -> u64 {
     std::env::var("LB_BULK_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30)
+}
+
+/// lbd (`--ktls auto`) with a TERMINATED_HTTPS listener (any version and cipher) proxying HTTP
+/// to one hyper backend; its files in `dir`.
+async fn http_service(dir: &std::path::Path) -> (Arc<Daemon>, u16) {
+    let backend = bulk::http_backend().await;
+    serve(Daemon::start(KtlsMode::Auto), &[backend], tls_with(dir, vec![], &[]), PoolProtocol::Http).await
 }
 
 fn tls_with(dir: &std::path::Path, versions: Vec<TlsVersion>, ciphers: &[&str]) -> ListenerTls {
@@ -232,9 +239,7 @@ async fn http_mode_moves_a_gigabyte_each_way_intact_with_curl() {
     let _serial = serial();
     let n = bulk_bytes();
     let dir = tempfile::tempdir().unwrap();
-    let backend = bulk::http_backend().await;
-    let tls = tls_with(dir.path(), vec![], &[]);
-    let (daemon, port) = serve(Daemon::start(KtlsMode::Auto), &[backend], tls, PoolProtocol::Http).await;
+    let (daemon, port) = http_service(dir.path()).await;
     let before = kernel_snapshot();
     let url = |path: String| format!("https://127.0.0.1:{port}{path}");
 
@@ -302,9 +307,7 @@ fn h2load(port: u16, args: &[&str]) -> String {
 async fn many_requests_on_one_keep_alive_connection_and_multiplexed_h2_streams() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let backend = bulk::http_backend().await;
-    let tls = tls_with(dir.path(), vec![], &[]);
-    let (daemon, port) = serve(Daemon::start(KtlsMode::Auto), &[backend], tls, PoolProtocol::Http).await;
+    let (daemon, port) = http_service(dir.path()).await;
     let before = kernel_snapshot();
     let h1 = blocking(move || h2load(port, &["--h1", "-n", "500", "-c", "1"])).await;
     assert!(h1.contains("500 succeeded, 0 failed, 0 errored"), "{h1}");
@@ -319,9 +322,7 @@ async fn many_requests_on_one_keep_alive_connection_and_multiplexed_h2_streams()
 async fn member_connections_are_pooled_beyond_sixty_four_concurrent_requests() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let backend = bulk::http_backend().await;
-    let tls = tls_with(dir.path(), vec![], &[]);
-    let (daemon, port) = serve(Daemon::start(KtlsMode::Auto), &[backend], tls, PoolProtocol::Http).await;
+    let (daemon, port) = http_service(dir.path()).await;
     let opened = || -> f64 {
         daemon.metrics.encode().lines().filter(|l| l.starts_with("lb_member_connections_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     };
@@ -412,9 +413,7 @@ async fn get_and_close(tls: &mut tokio_rustls::client::TlsStream<tokio::net::Tcp
 async fn resumed_sessions_take_the_same_path() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let backend = bulk::http_backend().await;
-    let tls = tls_with(dir.path(), vec![], &[]);
-    let (daemon, port) = serve(Daemon::start(KtlsMode::Auto), &[backend], tls, PoolProtocol::Http).await;
+    let (daemon, port) = http_service(dir.path()).await;
     let before = kernel_snapshot();
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         let cfg = client::config(&[version], None, &[b"http/1.1"]);
