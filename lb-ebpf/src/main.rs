@@ -10,8 +10,9 @@
 //!    to the kernel. Forwarding services (TCP, UDP, HTTPS passthrough) look the flow up in
 //!    `CONNTRACK`; a new flow picks its member in the service's Maglev ring and a translated
 //!    source port, and is recorded in `CONNTRACK` and `NAT`. The packet is rewritten (source:
-//!    lb's address towards the member and the translated port; destination: the member),
-//!    checksums are fixed incrementally, the next hop is resolved by `bpf_fib_lookup`, and the
+//!    lb's address towards the member and the translated port; destination: the member; the
+//!    client's TCP timestamp shifted to lb's clock, see `Flow::ts_delta`, and shifted back in
+//!    the member's replies), checksums are fixed incrementally, the next hop is resolved by `bpf_fib_lookup`, and the
 //!    frame is redirected.
 //!
 //! Everything else (ARP, IPv6, fragments, IPv4 options, unknown destinations, mid-stream TCP
