@@ -124,6 +124,12 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The sum of the Prometheus samples whose series starts with `prefix` (e.g. a name and `{`
+/// for every label set, or a name and its first labels).
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
 /// A three-level PKI written to `dir` as PEM: `root.crt`, `inter.crt`, `leaf.crt`, `leaf.key`
 /// (leaf for DNS name `name`, issued by the intermediate, issued by the root).
 pub struct Chain {

@@ -323,9 +323,7 @@ async fn member_connections_are_pooled_beyond_sixty_four_concurrent_requests() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (daemon, port) = http_service(dir.path()).await;
-    let opened = || -> f64 {
-        daemon.metrics.encode().lines().filter(|l| l.starts_with("lb_member_connections_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-    };
+    let opened = || lb_tests::metric_sum(&daemon.metrics.encode(), "lb_member_connections_total{");
     // 2 h2 connections × 100 streams: up to 200 requests at once, each holding a member connection.
     let load = move || h2load(port, &["-n", "4000", "-c", "2", "-m", "100"]);
     let first = blocking(load).await;

@@ -285,7 +285,7 @@ async fn nginx_member_with_ssl_verify_client_sees_lbs_certificate_over_reused_co
     let conns: std::collections::BTreeSet<&str> = lines.iter().map(|l| l.rsplit('=').next().unwrap()).collect();
     assert_eq!(conns.len(), 1, "{five}");
     let m = daemon.metrics.encode();
-    let handshakes: f64 = m.lines().filter(|l| l.starts_with(r#"lb_member_tls_connections_total{pool="p1""#)).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()).sum();
+    let handshakes = lb_tests::metric_sum(&m, r#"lb_member_tls_connections_total{pool="p1""#);
     assert_eq!(handshakes, 1.0, "{m}");
 
     // Without lb's client certificate nginx answers 400 itself, and lb passes that on.
