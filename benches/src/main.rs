@@ -29,6 +29,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut lbd, mut out, mut quick, mut only, mut guest, mut guest_idle, mut contender) = (None, PathBuf::from("target/bench"), false, None, None, None, None);
+    let mut baseline = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--lbd" => lbd = args.next().map(PathBuf::from),
@@ -36,9 +37,10 @@ fn main() -> anyhow::Result<()> {
             "--quick" => quick = true,
             "--scenario" => only = args.next(),
             "--contender" => contender = args.next(),
+            "--baseline" => baseline = args.next().map(PathBuf::from),
             "--guest-insns" => guest = args.next().map(PathBuf::from),
             "--guest-idle" => guest_idle = args.next().map(PathBuf::from),
-            other => bail!("unknown argument {other:?} (usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME] [--contender NAME] [--guest-insns FILE] [--guest-idle FILE])"),
+            other => bail!("unknown argument {other:?} (usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME] [--contender NAME[,NAME…]] [--baseline PATH] [--guest-insns FILE] [--guest-idle FILE])"),
         }
     }
     let lbd = lbd.context("--lbd PATH (the release lbd binary)")?;
@@ -46,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     let nofile = procs::raise_nofile();
     let mut plan = scenarios::Plan::new(quick, only.as_deref(), nofile)?;
     plan.contender = contender;
+    plan.baseline = baseline;
     let (samples, mut notes) = scenarios::run(&plan, &lbd)?;
     // The L4 scenarios build network namespaces and attach XDP: root only.
     let l4 = if unsafe { libc::geteuid() } == 0 {

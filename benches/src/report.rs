@@ -161,6 +161,15 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
     if let (Some(l), Some(h), Some(rate)) = (p99("lbd"), p99("haproxy"), row(&rows, "small-1k-h1-half", "lbd")) {
         writeln!(summary, "- small-1k-h1-half p99 at half load (~{:.0} req/s), median (min–max) of the repetitions: {l}, {h}{}", rate.throughput.median, p99("nginx").map(|n| format!(", {n}")).unwrap_or_default())?;
     }
+    // A before/after run (`--baseline`): this build against the other, scenario by scenario.
+    for s in plan.scenarios.iter().map(|s| s.name) {
+        if let Some(r) = ratio(s, "lbd", "lbd-baseline") {
+            writeln!(summary, "- {s}: lbd / lbd-baseline = {r:.2}")?;
+        }
+    }
+    if let (Some(l), Some(b)) = (p99("lbd"), p99("lbd-baseline")) {
+        writeln!(summary, "- small-1k-h1-half p99 at half load: {l}, {b}")?;
+    }
     if let Some(r) = rows.get(&("idle-conns", "lbd")) {
         writeln!(summary, "- idle-conns: lbd RSS {:.1} MiB with {:.0} connections, {:.1} KiB per connection", r.rss / 1048576.0, r.count, r.rss_per_conn / 1024.0)?;
     }

@@ -58,8 +58,11 @@ pub struct Plan {
     pub seconds: u32,
     pub scenarios: Vec<Scenario>,
     pub env: Env,
-    /// Only this contender (profiling), else all.
+    /// Only these contenders (comma-separated; profiling), else all.
     pub contender: Option<String>,
+    /// Another lbd binary run as the contender `lbd-baseline` (userspace path), interleaved with
+    /// the others: a before/after comparison of a change within one run.
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -98,7 +101,7 @@ impl Plan {
             crypto_limit: crypto_limit(if quick { 1 } else { 2 })?,
             nofile,
         };
-        Ok(Plan { quick, reps: if quick { 1 } else { 3 }, seconds: if quick { 2 } else { 6 }, scenarios, env, contender: None })
+        Ok(Plan { quick, reps: if quick { 1 } else { 3 }, seconds: if quick { 2 } else { 6 }, scenarios, env, contender: None, baseline: None })
     }
 }
 
@@ -145,12 +148,18 @@ pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Vec<(String,
     let certs = servers::certs(&dir)?;
     let backend = servers::backend(&dir.join("backend"))?;
     let mut names = vec!["lbd"];
+    if plan.baseline.is_some() {
+        names.push("lbd-baseline");
+    }
     if plan.env.ktls {
         names.push("lbd-ktls");
     }
     names.extend(["haproxy", "nginx", "tcp-proxy"]);
-    names.retain(|n| plan.contender.as_deref().is_none_or(|c| c == *n));
-    let start = |name: &str, dir: &Path| servers::start(name, lbd, dir, &certs, backend.port);
+    names.retain(|n| plan.contender.as_deref().is_none_or(|c| c.split(',').any(|c| c == *n)));
+    let start = |name: &str, dir: &Path| {
+        let bin = if name == "lbd-baseline" { plan.baseline.as_deref().unwrap_or(lbd) } else { lbd };
+        servers::start(name, bin, dir, &certs, backend.port)
+    };
     let contenders: Vec<Server> = names.iter().map(|n| start(n, &dir.join("shared"))).collect::<anyhow::Result<_>>()?;
     let mut notes: Vec<(String, String)> = contenders.iter().filter(|c| !c.note.is_empty()).map(|c| (c.name.to_string(), c.note.clone())).collect();
 

@@ -73,8 +73,9 @@ pub fn idle_connections() -> u64 {
 pub fn start(name: &str, lbd_bin: &Path, dir: &Path, certs: &Certs, backend: u16) -> anyhow::Result<Server> {
     std::fs::create_dir_all(dir)?;
     match name {
-        "lbd" => lbd(lbd_bin, dir, certs, backend, false),
-        "lbd-ktls" => lbd(lbd_bin, dir, certs, backend, true),
+        "lbd" => lbd(lbd_bin, dir, certs, backend, "lbd"),
+        "lbd-baseline" => lbd(lbd_bin, dir, certs, backend, "lbd-baseline"),
+        "lbd-ktls" => lbd(lbd_bin, dir, certs, backend, "lbd-ktls"),
         "haproxy" => haproxy(dir, Some(certs), backend),
         "nginx" => nginx_tls(&dir.join("nginx"), certs, backend),
         "tcp-proxy" => haproxy(dir, None, backend),
@@ -201,10 +202,12 @@ pub fn haproxy(dir: &Path, certs: Option<&Certs>, backend: u16) -> anyhow::Resul
 
 /// lbd, configured through its own API (Barbican PKCS#12 secret, a fully populated Octavia load
 /// balancer), TLS 1.3 AES-128-GCM; `ktls` false runs it with `--ktls off` (userspace rustls).
-pub fn lbd(bin: &Path, dir: &Path, certs: &Certs, backend: u16, ktls: bool) -> anyhow::Result<Server> {
+/// lbd as the contender `name`: `lbd-ktls` with `--ktls auto`, the others (`lbd`,
+/// `lbd-baseline`) with `--ktls off`.
+pub fn lbd(bin: &Path, dir: &Path, certs: &Certs, backend: u16, name: &'static str) -> anyhow::Result<Server> {
     let api = free_port();
-    let state = dir.join(if ktls { "lbd-ktls" } else { "lbd-user" });
-    let name = if ktls { "lbd-ktls" } else { "lbd" };
+    let ktls = name == "lbd-ktls";
+    let state = dir.join(format!("{name}-state"));
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--api-listen", &format!("127.0.0.1:{api}"), "--ktls", if ktls { "auto" } else { "off" }])
         .env("LBD_STATE_DIR", &state)
