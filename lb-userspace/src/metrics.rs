@@ -5,6 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
 
 use crate::tls::accept::OffloadPolicy;
 
@@ -272,5 +273,61 @@ impl Metrics {
             bytes_out: bytes("out"),
             request_errors: self.request_errors.get_or_create(&listener).get(),
         }
+    }
+}
+
+/// One listener's `lb_http_responses_total` (by status code) and `lb_request_errors_total`
+/// counters, each looked up in its family once: recording a response is then one atomic add,
+/// without building label strings and hashing them per request.
+pub struct ResponseCounters {
+    family: Family<RequestLabels, Counter>,
+    listener: String,
+    /// Codes 100–599, filled on first use.
+    by_code: Box<[OnceLock<Counter>]>,
+    errors: Counter,
+}
+
+impl ResponseCounters {
+    pub fn new(metrics: &Metrics, listener: &str) -> Self {
+        ResponseCounters {
+            family: metrics.http_responses.clone(),
+            listener: listener.to_string(),
+            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+            errors: metrics.request_errors.get_or_create(&ListenerLabels { listener: listener.to_string() }).clone(),
+        }
+    }
+
+    /// Counts one response with `status`, and a 5xx as a request error.
+    pub fn record(&self, status: http::StatusCode) {
+        let code = status.as_u16();
+        let lookup = || self.family.get_or_create(&RequestLabels { listener: self.listener.clone(), code: status.as_str().to_string() }).clone();
+        match self.by_code.get(usize::from(code).wrapping_sub(100)) {
+            Some(cell) => cell.get_or_init(lookup).inc(),
+            None => lookup().inc(),
+        };
+        if status.is_server_error() {
+            self.errors.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_counters_count_every_code_and_5xx_as_errors() {
+        let metrics = Metrics::new(&OffloadPolicy::disabled());
+        let counters = ResponseCounters::new(&metrics, "l1");
+        for code in [200, 200, 404, 503, 599, 999] {
+            counters.record(http::StatusCode::from_u16(code).unwrap());
+        }
+        // A runtime rebuilt by the reconciler counts into the same series.
+        ResponseCounters::new(&metrics, "l1").record(http::StatusCode::OK);
+        let text = metrics.encode();
+        for (code, n) in [("200", 3), ("404", 1), ("503", 1), ("599", 1), ("999", 1)] {
+            assert!(text.contains(&format!("lb_http_responses_total{{listener=\"l1\",code=\"{code}\"}} {n}")), "{code}: {text}");
+        }
+        assert!(text.contains(r#"lb_request_errors_total{listener="l1"} 2"#), "{text}");
     }
 }

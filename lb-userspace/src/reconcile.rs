@@ -13,7 +13,7 @@ use rustls::ServerConfig;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::metrics::{Metrics, PoolVerificationLabels};
+use crate::metrics::{Metrics, PoolVerificationLabels, ResponseCounters};
 use crate::proxy::ListenerRuntime;
 use crate::proxy::listener;
 use crate::proxy::upstream::PoolRuntime;
@@ -183,6 +183,7 @@ impl Reconciler {
             connection_limit: limit.as_ref().map(|(_, s)| s.clone()),
             allowed_cidrs: l.allowed_cidrs.clone(),
             metrics: self.metrics.clone(),
+            responses: ResponseCounters::new(&self.metrics, &l.id),
         });
 
         match self.running.get_mut(&l.id) {

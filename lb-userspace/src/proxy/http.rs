@@ -9,8 +9,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Either, Empty, Full};
+use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
@@ -19,7 +18,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::ListenerRuntime;
 use super::upstream::{MemberRuntime, UpBody};
-use crate::metrics::RequestLabels;
 use crate::tls::peer::{self, ClientCert};
 
 /// Octavia's `X-SSL-*` header names in the lower case `HeaderName::from_static` requires.
@@ -36,7 +34,8 @@ fn lower(name: &'static str) -> &'static str {
     }
 }
 
-type RespBody = BoxBody<Bytes, hyper::Error>;
+/// A member's response streamed through, or lb's own short error page (no box per response).
+type RespBody = Either<PooledBody, Full<Bytes>>;
 
 /// What every request on one client connection shares.
 pub struct ConnContext {
@@ -78,13 +77,7 @@ async fn proxy(req: Request<Incoming>, ctx: &ConnContext) -> Response<RespBody> 
         tracing::debug!(listener = %rt.id, peer = %ctx.peer, %status, why, "request not forwarded");
         error_response(status)
     });
-    if response.status().is_server_error() {
-        rt.metrics.request_errors.get_or_create(&crate::metrics::ListenerLabels { listener: rt.id.clone() }).inc();
-    }
-    rt.metrics
-        .http_responses
-        .get_or_create(&RequestLabels { listener: rt.id.clone(), code: response.status().as_str().to_string() })
-        .inc();
+    rt.responses.record(response.status());
     response
 }
 
@@ -95,7 +88,7 @@ async fn forward(
 ) -> Result<Response<RespBody>, (StatusCode, String)> {
     let pool = rt.pool.clone().ok_or((StatusCode::SERVICE_UNAVAILABLE, "listener has no default pool".into()))?;
     let (parts, body) = req.into_parts();
-    let head = RequestHead::new(&parts, ctx, rt);
+    let head = RequestHead::new(parts, ctx, rt);
     let replayable = body.is_end_stream();
     let body: UpBody = if replayable { Either::Right(Empty::new()) } else { Either::Left(body) };
 
@@ -124,7 +117,7 @@ async fn forward(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = PooledBody { inner: body, release: Some((member, sender)) };
-    Ok(Response::from_parts(parts, body.boxed()))
+    Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
 enum SendError {
@@ -169,8 +162,8 @@ struct RequestHead {
 }
 
 impl RequestHead {
-    fn new(parts: &http::request::Parts, ctx: &ConnContext, rt: &ListenerRuntime) -> Self {
-        let mut headers = parts.headers.clone();
+    fn new(parts: http::request::Parts, ctx: &ConnContext, rt: &ListenerRuntime) -> Self {
+        let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         if !headers.contains_key(header::HOST) {
             if let Some(authority) = parts.uri.authority() {
@@ -182,20 +175,20 @@ impl RequestHead {
         let insert = rt.insert_headers;
         if insert.forwarded_for {
             let ip = ctx.peer.ip().to_canonical().to_string();
-            let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(prev) => format!("{prev}, {ip}"),
                 None => ip,
             };
             if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+                headers.insert(X_FORWARDED_FOR, v);
             }
         }
         if insert.forwarded_port {
-            headers.insert(HeaderName::from_static("x-forwarded-port"), HeaderValue::from(rt.port));
+            headers.insert(X_FORWARDED_PORT, HeaderValue::from(rt.port));
         }
         if insert.forwarded_proto {
             let proto = if ctx.tls { "https" } else { "http" };
-            headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
         if ctx.tls && insert.ssl.any() {
             // Set, never appended: a client cannot smuggle its own X-SSL-* values past lb.
@@ -211,7 +204,7 @@ impl RequestHead {
             }
         }
         let uri = parts.uri.path_and_query().map(|pq| Uri::from(pq.clone())).unwrap_or_else(|| Uri::from_static("/"));
-        RequestHead { method: parts.method.clone(), uri, headers }
+        RequestHead { method: parts.method, uri, headers }
     }
 
     /// The request for `member`. HTTP/1.1 requires a Host header: an HTTP/1.0 client that sent
@@ -231,28 +224,52 @@ impl RequestHead {
     }
 }
 
+/// Connection-scoped headers (RFC 9110 §7.6.1) besides those `Connection` names.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Removes connection-scoped headers (RFC 9110 §7.6.1), including those `Connection` names.
+/// Most messages carry none, or only `Connection: keep-alive`: the ones present are found in
+/// one pass over the message's few header names (no hashing), and only those are removed.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // Names listed in `Connection` other than the fixed ones (empty, so not allocated, for
+    // `keep-alive` or `close`).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| !n.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(n)))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -261,7 +278,7 @@ fn error_response(status: StatusCode) -> Response<RespBody> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain")
-        .body(body.map_err(|never| match never {}).boxed())
+        .body(Either::Right(body))
         .expect("static response parts")
 }
 
@@ -310,5 +327,43 @@ impl Drop for PooledBody {
         if self.inner.is_end_stream() {
             self.release();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed_and_nothing_else() {
+        let mut h = map(&[
+            ("host", "a.example"),
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-kept", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host", "x-kept"]);
+
+        let clean = map(&[("host", "a.example"), ("accept", "*/*")]);
+        let mut h = clean.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, clean);
     }
 }

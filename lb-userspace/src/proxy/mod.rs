@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use rustls::ServerConfig;
 use tokio::sync::Semaphore;
 
-use crate::metrics::{BytesLabels, Metrics};
+use crate::metrics::{BytesLabels, Metrics, ResponseCounters};
 use lb_common::model::{InsertHeaders, ListenerProtocol, Timeouts};
 use upstream::PoolRuntime;
 
@@ -41,6 +41,8 @@ pub struct ListenerRuntime {
     /// the kernel; this check covers interfaces without the program (loopback, for one).
     pub allowed_cidrs: Vec<lb_common::cidr::Cidr>,
     pub metrics: Arc<Metrics>,
+    /// This listener's HTTP response counters.
+    pub responses: ResponseCounters,
 }
 
 impl ListenerRuntime {
