@@ -6,6 +6,7 @@
 //! Usage: `lb-bench --lbd PATH --out DIR [--quick] [--scenario NAME] [--contender NAME]`
 //! (`--contender` runs one contender alone, e.g. to profile it).
 
+mod insns;
 mod l4;
 mod load;
 mod procs;
@@ -67,12 +68,25 @@ fn main() -> anyhow::Result<()> {
         notes.push(("l4".into(), "the XDP L4 scenarios need root (network namespaces, XDP): not run".into()));
         vec![]
     };
+    // Instructions per request under callgrind: the full run (and `--quick`, fewer requests, to
+    // check the harness), or `--scenario request-insns`.
+    let request_insns = if only.as_deref().is_none_or(|o| o == "request-insns") {
+        let dir = scenarios::tempdir()?;
+        let certs = servers::certs(&dir)?;
+        let backend = servers::backend(&dir.join("backend"))?;
+        let counted = insns::run(&lbd, plan.baseline.as_deref(), &dir, &certs, backend.port, quick)?;
+        drop(backend);
+        let _ = std::fs::remove_dir_all(&dir);
+        counted
+    } else {
+        vec![]
+    };
     let guest = match guest {
         Some(f) => Some(report::GuestInsns::read(&f)?),
         None => None,
     };
     let guest_idle = guest_idle.map(|f| report::GuestIdle::read(&f)).transpose()?;
-    let text = report::write(&out, &plan, &samples, &l4, guest.as_ref(), guest_idle.as_ref(), &notes)?;
+    let text = report::write(&out, &plan, &samples, &l4, &request_insns, guest.as_ref(), guest_idle.as_ref(), &notes)?;
     println!("{text}");
     println!("report: {}", out.join("REPORT.md").display());
     Ok(())

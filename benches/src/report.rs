@@ -7,6 +7,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::insns::RequestInsns;
 use crate::l4::L4Sample;
 use crate::scenarios::{Plan, Sample};
 
@@ -78,7 +79,7 @@ fn human(v: f64, bulk: bool) -> String {
 }
 
 /// Writes the report and chart; returns the printed summary.
-pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest: Option<&GuestInsns>, guest_idle: Option<&GuestIdle>, notes: &[(String, String)]) -> anyhow::Result<String> {
+pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], insns: &[RequestInsns], guest: Option<&GuestInsns>, guest_idle: Option<&GuestIdle>, notes: &[(String, String)]) -> anyhow::Result<String> {
     let rows = rows(samples);
     let env = &plan.env;
     let mut md = String::new();
@@ -174,6 +175,7 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], guest
         writeln!(summary, "- idle-conns: lbd RSS {:.1} MiB with {:.0} connections, {:.1} KiB per connection", r.rss / 1048576.0, r.count, r.rss_per_conn / 1024.0)?;
     }
     l4_section(&mut md, &mut summary, l4)?;
+    insns_section(&mut md, &mut summary, insns)?;
     if let Some(g) = guest {
         g.section(&mut md, &mut summary)?;
     }
@@ -227,6 +229,29 @@ fn chart(path: &Path, plan: &Plan, rows: &BTreeMap<(&'static str, &'static str),
 }
 
 /// The XDP L4 scenarios: a table per scenario and the XDP / userspace ratios.
+/// `request-insns`: lbd's instructions and allocations per request (callgrind).
+fn insns_section(md: &mut String, summary: &mut String, insns: &[RequestInsns]) -> anyhow::Result<()> {
+    if insns.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "## request-insns — instructions lbd executes per proxied request (callgrind)\n")?;
+    writeln!(md, "lbd (`--ktls off`) under `valgrind --tool=callgrind`, the nginx backend's 1 KiB file, `h2load -c 8` (`--h1`, or h2 with 10 streams per connection); counters zeroed after a warm-up (handshakes, member pool) and dumped after the counted requests. Userspace instructions of all lbd's threads: deterministic to a fraction of a per cent, unlike timings here; the kernel's socket work is not in them.\n")?;
+    writeln!(md, "| contender | protocol | requests | instructions per request | malloc calls per request |\n|---|---|---|---|---|")?;
+    let per = |r: &RequestInsns, v: u64| v as f64 / r.requests.max(1) as f64;
+    for r in insns {
+        writeln!(md, "| {} | {} | {} | {:.0} | {:.1} |", r.contender, r.proto, r.requests, per(r, r.instructions), per(r, r.mallocs))?;
+    }
+    writeln!(md)?;
+    for r in insns.iter().filter(|r| r.contender == "lbd") {
+        write!(summary, "- request-insns {}: lbd {:.0} instructions, {:.1} mallocs per request", r.proto, per(r, r.instructions), per(r, r.mallocs))?;
+        if let Some(b) = insns.iter().find(|b| b.contender == "lbd-baseline" && b.proto == r.proto) {
+            write!(summary, " (lbd-baseline {:.0}, {:.1}: {:.3}×)", per(b, b.instructions), per(b, b.mallocs), per(r, r.instructions) / per(b, b.instructions))?;
+        }
+        writeln!(summary)?;
+    }
+    Ok(())
+}
+
 fn l4_section(md: &mut String, summary: &mut String, l4: &[L4Sample]) -> anyhow::Result<()> {
     if l4.is_empty() {
         return Ok(());

@@ -87,7 +87,7 @@ impl Plan {
             .into_iter()
             .filter(|s| only.map_or(!quick || quick_set.contains(&s.name), |o| o.split(',').any(|n| n == s.name)))
             .collect();
-        let l4 = only.is_some_and(|o| o == "guest-insns" || o == "guest-idle" || crate::l4::SCENARIOS.iter().any(|(n, _)| *n == o));
+        let l4 = only.is_some_and(|o| o == "guest-insns" || o == "guest-idle" || o == "request-insns" || crate::l4::SCENARIOS.iter().any(|(n, _)| *n == o));
         anyhow::ensure!(!scenarios.is_empty() || l4, "no scenario named {only:?}");
         let env = Env {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),

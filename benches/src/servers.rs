@@ -34,12 +34,18 @@ impl Server {
     fn wait_listening(&self) -> anyhow::Result<()> {
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if started.elapsed() > Duration::from_secs(20) {
+            // Generous: lbd under valgrind takes several seconds to start.
+            if started.elapsed() > Duration::from_secs(60) {
                 bail!("{} did not listen on port {}", self.name, self.port);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// The first process (lbd itself, or nginx's and HAProxy's master).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The server's processes (master and workers).
@@ -205,10 +211,14 @@ pub fn haproxy(dir: &Path, certs: Option<&Certs>, backend: u16) -> anyhow::Resul
 /// lbd as the contender `name`: `lbd-ktls` with `--ktls auto`, the others (`lbd`,
 /// `lbd-baseline`) with `--ktls off`.
 pub fn lbd(bin: &Path, dir: &Path, certs: &Certs, backend: u16, name: &'static str) -> anyhow::Result<Server> {
+    lbd_run(Command::new(bin), dir, certs, backend, name)
+}
+
+/// As [`lbd`], with `cmd` (lbd, or a wrapper such as valgrind followed by lbd) as the program.
+pub fn lbd_run(mut cmd: Command, dir: &Path, certs: &Certs, backend: u16, name: &'static str) -> anyhow::Result<Server> {
     let api = free_port();
     let ktls = name == "lbd-ktls";
     let state = dir.join(format!("{name}-state"));
-    let mut cmd = Command::new(bin);
     cmd.args(["serve", "--api-listen", &format!("127.0.0.1:{api}"), "--ktls", if ktls { "auto" } else { "off" }])
         .env("LBD_STATE_DIR", &state)
         .env("LBD_LOG", "warn")

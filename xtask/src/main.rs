@@ -69,7 +69,7 @@ enum Cmd {
 const VM_SUITES: &[(&str, &str, &[&str])] = &[("lb-tests", "ktls", &[]), ("lb-tests", "xdp", &["--test-threads=1"])];
 
 const APT_PACKAGES: &[&str] = &[
-    "curl", "openssl", "nghttp2-client", "haproxy", "nginx", "wrk", "iproute2", "qemu-system-x86", "busybox-static", "xz-utils", "python3-venv", "ethtool",
+    "curl", "openssl", "nghttp2-client", "haproxy", "nginx", "wrk", "iproute2", "qemu-system-x86", "busybox-static", "xz-utils", "python3-venv", "ethtool", "valgrind",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The benchmark scenario run in the guest (instruction counts).

@@ -1,0 +1,129 @@
+//! `request-insns`: instructions lbd executes per proxied HTTP request, counted by callgrind
+//! (valgrind), and its heap allocations per request. Counts, unlike timings on this shared
+//! 2-vCPU machine, repeat to within a fraction of a per cent, so a change of a few per cent in
+//! lbd's own request path shows (with `--baseline`, before against after). Userspace only: the
+//! kernel's share (the socket calls, the same for every proxy) is not counted.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::servers::{self, Certs};
+
+/// One lbd build, one protocol.
+pub struct RequestInsns {
+    pub contender: &'static str,
+    /// `h1` or `h2`.
+    pub proto: &'static str,
+    pub requests: u64,
+    pub instructions: u64,
+    pub mallocs: u64,
+}
+
+/// Requests counted per (build, protocol), and the warm-up before them (handshakes, the member
+/// pool), not counted; `--quick` (a check of the harness) runs fewer.
+fn requests(quick: bool) -> (u64, u64) {
+    if quick { (200, 50) } else { (3000, 400) }
+}
+
+/// Counts `lbd` (and `baseline` as `lbd-baseline`) for HTTP/1.1 and h2 clients: 1 KiB
+/// responses from the nginx backend, `h2load -c 8` (h2: 10 streams per connection).
+pub fn run(lbd: &Path, baseline: Option<&Path>, dir: &Path, certs: &Certs, backend: u16, quick: bool) -> anyhow::Result<Vec<RequestInsns>> {
+    let mut builds = vec![("lbd", lbd)];
+    builds.extend(baseline.map(|b| ("lbd-baseline", b)));
+    let mut out = Vec::new();
+    for proto in ["h1", "h2"] {
+        for &(name, bin) in &builds {
+            let d = dir.join(format!("insns-{name}-{proto}"));
+            std::fs::create_dir_all(&d)?;
+            let counted = count(bin, name, proto, &d, certs, backend, requests(quick)).with_context(|| format!("request-insns {proto} against {name}"))?;
+            eprintln!("request-insns {proto:>2} {name:>12}: {:.0} instructions, {:.1} mallocs per request", counted.instructions as f64 / counted.requests as f64, counted.mallocs as f64 / counted.requests as f64);
+            out.push(counted);
+        }
+    }
+    Ok(out)
+}
+
+fn count(bin: &Path, name: &'static str, proto: &'static str, dir: &Path, certs: &Certs, backend: u16, (n, warm_up): (u64, u64)) -> anyhow::Result<RequestInsns> {
+    let out_file = dir.join("callgrind.out");
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out_file.display())).arg("--dump-instr=no").arg(bin);
+    let server = servers::lbd_run(cmd, dir, certs, backend, name)?;
+    let url = format!("https://127.0.0.1:{}/1k", server.port);
+    h2load(&url, proto, warm_up)?;
+    let pid = server.pid().to_string();
+    crate::run(Command::new("callgrind_control").args(["-z", &pid]))?;
+    let requests = h2load(&url, proto, n)?;
+    crate::run(Command::new("callgrind_control").args(["-d", &pid]))?;
+    // The dump after zeroing: callgrind numbers its dumps from 1.
+    let dump = dir.join("callgrind.out.1");
+    let started = Instant::now();
+    while !dump.exists() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(server);
+    let text = std::fs::read_to_string(&dump).with_context(|| format!("reading {}", dump.display()))?;
+    let (instructions, mallocs) = parse(&text)?;
+    Ok(RequestInsns { contender: name, proto, requests, instructions, mallocs })
+}
+
+/// Runs `n` requests; returns how many succeeded (all must).
+fn h2load(url: &str, proto: &str, n: u64) -> anyhow::Result<u64> {
+    let mut cmd = Command::new("h2load");
+    cmd.args(["-n", &n.to_string(), "-c", "8", "-t", "1"]);
+    if proto == "h1" {
+        cmd.arg("--h1");
+    } else {
+        cmd.args(["-m", "10"]);
+    }
+    let out = cmd.arg(url).output().context("failed to run h2load")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+    let line = text.lines().find(|l| l.trim_start().starts_with("requests:")).with_context(|| format!("h2load output: {text}"))?;
+    let succeeded: u64 = line.split_whitespace().nth(7).and_then(|v| v.parse().ok()).with_context(|| format!("h2load: {line}"))?;
+    if succeeded != n {
+        bail!("h2load: {line}");
+    }
+    Ok(succeeded)
+}
+
+/// (instructions, calls to malloc) in a callgrind dump: its `summary:` line, and the `calls=`
+/// lines whose callee is `malloc` (callgrind names a function once, `(id) name`, then by `(id)`).
+fn parse(text: &str) -> anyhow::Result<(u64, u64)> {
+    let instructions = text.lines().find_map(|l| l.strip_prefix("summary: ")).and_then(|v| v.trim().parse().ok()).context("no summary line in the callgrind dump")?;
+    let mut malloc_id = None;
+    let mut callee_is_malloc = false;
+    let mut mallocs = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("calls=") {
+            if callee_is_malloc {
+                mallocs += rest.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+            continue;
+        }
+        let (callee, rest) = match (line.strip_prefix("cfn="), line.strip_prefix("fn=")) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            _ => continue,
+        };
+        let (id, name) = rest.split_once(' ').map_or((rest, None), |(i, n)| (i, Some(n)));
+        if name == Some("malloc") {
+            malloc_id = Some(id.to_string());
+        }
+        if callee {
+            callee_is_malloc = malloc_id.as_deref() == Some(id);
+        }
+    }
+    Ok((instructions, mallocs))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_dump_gives_its_summary_and_the_calls_to_malloc() {
+        let dump = "events: Ir\nsummary: 1234\n\nfn=(1) main\n3 10\ncfn=(2) malloc\ncalls=5 0\n4 50\ncfn=(3) free\ncalls=7 0\n5 9\nfn=(4) other\ncfn=(2)\ncalls=2 0\n6 8\n";
+        assert_eq!(super::parse(dump).unwrap(), (1234, 7));
+    }
+}
