@@ -206,10 +206,9 @@ pub fn haproxy(dir: &Path, certs: Option<&Certs>, backend: u16) -> anyhow::Resul
     Ok(s)
 }
 
-/// lbd, configured through its own API (Barbican PKCS#12 secret, a fully populated Octavia load
-/// balancer), TLS 1.3 AES-128-GCM; `ktls` false runs it with `--ktls off` (userspace rustls).
-/// lbd as the contender `name`: `lbd-ktls` with `--ktls auto`, the others (`lbd`,
-/// `lbd-baseline`) with `--ktls off`.
+/// lbd as the contender `name`, configured through its own API (Barbican PKCS#12 secret, a fully
+/// populated Octavia load balancer), TLS 1.3 AES-128-GCM: `lbd-ktls` with `--ktls auto`, the
+/// others (`lbd`, `lbd-baseline`) with `--ktls off` (userspace rustls).
 pub fn lbd(bin: &Path, dir: &Path, certs: &Certs, backend: u16, name: &'static str) -> anyhow::Result<Server> {
     lbd_run(Command::new(bin), dir, certs, backend, name)
 }
