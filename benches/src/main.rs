@@ -3,8 +3,9 @@
 //! contender in turn (interleaved, repeated), measures the server's CPU time from /proc and the
 //! load generator's own CPU, and writes `target/bench/REPORT.md` and `target/bench/*.svg`.
 //!
-//! Usage: `lb-bench --lbd PATH --out DIR [--quick] [--scenario NAME] [--contender NAME]`
-//! (`--contender` runs one contender alone, e.g. to profile it).
+//! Usage: `lb-bench --lbd PATH --out DIR [--quick] [--scenario NAME] [--contender NAME[,NAME…]]
+//! [--baseline PATH]` (`--contender` runs only those contenders, e.g. to profile one;
+//! `--baseline` adds another lbd build as `lbd-baseline`, for a change's before and after).
 
 mod insns;
 mod l4;
