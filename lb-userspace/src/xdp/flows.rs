@@ -54,6 +54,13 @@ pub fn sweep(maps: &mut Maps, w: &Written, now_ns: u64) -> Sweep {
         }
     }
     for (key, flow) in &expired {
+        // Since the walk, the program may have opened a new flow on the same client tuple (a
+        // client reusing its port at once, as soon as the old flow closed): remove only the
+        // flow that was seen expiring, never its successor (a new flow has its own SYN's
+        // sequence number and a later last packet).
+        if !maps.conntrack.get(key, 0).is_ok_and(|current| current == *flow) {
+            continue;
+        }
         let _ = maps.conntrack.remove(key);
         if let Some(b) = backends.get(&flow.backend) {
             let reverse = FlowKey { src: b.addr, dst: b.snat, sport: b.port, dport: flow.nat_port, proto: key.proto, family: key.family, _pad: 0 };
