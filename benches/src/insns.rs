@@ -73,22 +73,15 @@ fn count(bin: &Path, name: &'static str, proto: &'static str, dir: &Path, certs:
 
 /// Runs `n` requests; returns how many succeeded (all must).
 fn h2load(url: &str, proto: &str, n: u64) -> anyhow::Result<u64> {
-    let mut cmd = Command::new("h2load");
-    cmd.args(["-n", &n.to_string(), "-c", "8", "-t", "1"]);
-    if proto == "h1" {
-        cmd.arg("--h1");
-    } else {
-        cmd.args(["-m", "10"]);
+    let count = n.to_string();
+    let mut args = vec!["-n", &count, "-c", "8", "-t", "1"];
+    args.extend(if proto == "h1" { &["--h1"][..] } else { &["-m", "10"][..] });
+    args.push(url);
+    let load = crate::load::h2load_run(&args, 0.0)?;
+    if load.requests != n as f64 || load.errors != 0.0 {
+        bail!("h2load {proto}: {} of {n} requests done, {} failed", load.requests, load.errors);
     }
-    let out = cmd.arg(url).output().context("failed to run h2load")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
-    let line = text.lines().find(|l| l.trim_start().starts_with("requests:")).with_context(|| format!("h2load output: {text}"))?;
-    let succeeded: u64 = line.split_whitespace().nth(7).and_then(|v| v.parse().ok()).with_context(|| format!("h2load: {line}"))?;
-    if succeeded != n {
-        bail!("h2load: {line}");
-    }
-    Ok(succeeded)
+    Ok(n)
 }
 
 /// (instructions, calls to malloc) in a callgrind dump: its `summary:` line, and the `calls=`

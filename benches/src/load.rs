@@ -83,10 +83,14 @@ pub fn paced_lua(rate: f64, connections: u32) -> String {
 
 /// `h2load` over h2 for `seconds` with `connections` × `streams` concurrent requests.
 pub fn h2load(url: &str, connections: u32, streams: u32, seconds: u32) -> anyhow::Result<Load> {
-    let out = Command::new("h2load")
-        .args(["-c", &connections.to_string(), "-m", &streams.to_string(), "-t", "1", "-D", &seconds.to_string(), url])
-        .output()
-        .context("failed to run h2load")?;
+    let (c, m, d) = (connections.to_string(), streams.to_string(), seconds.to_string());
+    h2load_run(&["-c", &c, "-m", &m, "-t", "1", "-D", &d, url], seconds as f64)
+}
+
+/// Runs `h2load` with `args` (which end with the URL) and parses its summary; `seconds` stands
+/// in for the elapsed time if h2load does not print it.
+pub fn h2load_run(args: &[&str], seconds: f64) -> anyhow::Result<Load> {
+    let out = Command::new("h2load").args(args).output().context("failed to run h2load")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let num = |prefix: &str, idx: usize| -> Option<f64> {
         let line = text.lines().find(|l| l.trim_start().starts_with(prefix))?;
@@ -96,7 +100,7 @@ pub fn h2load(url: &str, connections: u32, streams: u32, seconds: u32) -> anyhow
     // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
     let failed = num("requests:", 9).unwrap_or(0.0) + num("requests:", 11).unwrap_or(0.0);
     let bytes = num("traffic:", 2).unwrap_or(0.0);
-    let seconds = text.lines().find_map(|l| l.strip_prefix("finished in ")?.split(',').next()?.trim_end_matches('s').parse().ok()).unwrap_or(seconds as f64);
+    let seconds = text.lines().find_map(|l| l.strip_prefix("finished in ")?.split(',').next()?.trim_end_matches('s').parse().ok()).unwrap_or(seconds);
     Ok(Load { requests: done, bytes, seconds, errors: failed, latency_ms: None })
 }
 

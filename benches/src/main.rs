@@ -28,6 +28,8 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+const USAGE: &str = "usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME] [--contender NAME[,NAME…]] [--baseline PATH] [--guest-insns FILE] [--guest-idle FILE]";
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut lbd, mut out, mut quick, mut only, mut guest, mut guest_idle, mut contender) = (None, PathBuf::from("target/bench"), false, None, None, None, None);
@@ -42,7 +44,11 @@ fn main() -> anyhow::Result<()> {
             "--baseline" => baseline = args.next().map(PathBuf::from),
             "--guest-insns" => guest = args.next().map(PathBuf::from),
             "--guest-idle" => guest_idle = args.next().map(PathBuf::from),
-            other => bail!("unknown argument {other:?} (usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME] [--contender NAME[,NAME…]] [--baseline PATH] [--guest-insns FILE] [--guest-idle FILE])"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?} ({USAGE})"),
         }
     }
     let lbd = lbd.context("--lbd PATH (the release lbd binary)")?;
