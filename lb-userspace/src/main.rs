@@ -63,6 +63,10 @@ enum Command {
         /// net.ipv4.ip_local_port_range.
         #[arg(long, default_value = "20000-32767", value_parser = parse_ports, env = "LBD_XDP_NAT_PORTS")]
         xdp_nat_ports: (u16, u16),
+        /// Threads that run the data plane and the API (like HAProxy's `nbthread`). Default:
+        /// one per CPU lbd may run on.
+        #[arg(long, env = "LBD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        worker_threads: Option<u16>,
     },
     /// Print `export OS_...` lines for the stock openstack CLI (admin credentials).
     Openrc,
@@ -143,14 +147,22 @@ fn admin_password(dir: &Path) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(&file)?.trim().to_string())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LBD_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("lbd-worker");
+    if let Command::Serve { worker_threads: Some(n), .. } = &cli.command {
+        runtime.worker_threads(usize::from(*n));
+    }
+    runtime.build().context("cannot start the async runtime")?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = cli.state_dir;
     match cli.command {
         Command::Serve {
@@ -164,7 +176,9 @@ async fn main() -> anyhow::Result<()> {
             xdp_table_size,
             xdp_syn_rate,
             xdp_nat_ports,
+            worker_threads: _,
         } => {
+            tracing::info!(threads = tokio::runtime::Handle::current().metrics().num_workers(), "worker threads");
             let public_url = public_url.unwrap_or_else(|| format!("http://{api_listen}")).trim_end_matches('/').to_string();
             let mut policy = ktls.policy();
             policy.userspace_ciphers = ktls_userspace_ciphers;

@@ -132,6 +132,7 @@ pub struct Metrics {
     pub handshake_failures: Family<ListenerReasonLabels, Counter>,
     pub member_tls: Family<PoolOffloadLabels, Counter>,
     pub member_tls_verification: Family<PoolVerificationLabels, Gauge>,
+    pub worker_threads: Gauge,
 }
 
 impl Metrics {
@@ -169,6 +170,7 @@ impl Metrics {
             handshake_failures: Family::default(),
             member_tls: Family::default(),
             member_tls_verification: Family::default(),
+            worker_threads: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Client connections accepted", m.connections.clone());
@@ -217,6 +219,8 @@ impl Metrics {
             "1 per TLS pool with how member certificates are checked: ca, or none (no ca_tls_container_ref)",
             m.member_tls_verification.clone(),
         );
+        registry.register("worker_threads", "Threads of the runtime that runs the data plane and the API (--worker-threads)", m.worker_threads.clone());
+        m.worker_threads.set(tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers() as i64));
         let (available, reason) = match &caps.ulp {
             _ if !policy.enabled => (0, "disabled_by_config"),
             Ok(()) => (1, "available"),

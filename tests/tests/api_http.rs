@@ -122,3 +122,23 @@ async fn lists_filter_select_fields_and_page_and_errors_use_each_services_format
     .await
     .unwrap();
 }
+
+/// `--worker-threads` sizes the runtime (shown in `/metrics`); a count out of range stops lbd
+/// at start with a message naming the option.
+#[test]
+fn worker_threads_option_sizes_the_runtime_and_rejects_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let lbd = Lbd::start_with(dir.path(), "127.0.0.1".parse().unwrap(), &["--worker-threads", "3"]);
+    let out = Command::new("curl").args(["-s", &format!("{}/metrics", lbd.url())]).output().unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(metrics.lines().any(|l| l == "lb_worker_threads 3"), "{metrics}");
+
+    let out = Command::new(lb_tests::lbd::lbd_binary())
+        .args(["serve", "--worker-threads", "0", "--api-listen", &format!("127.0.0.1:{}", free_port())])
+        .env("LBD_STATE_DIR", dir.path().join("other"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--worker-threads") && err.contains("0 is not in 1..=1024"), "{err}");
+    assert!(!dir.path().join("other").exists(), "a rejected start created state");
+}
