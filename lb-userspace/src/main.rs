@@ -63,8 +63,10 @@ enum Command {
         /// net.ipv4.ip_local_port_range.
         #[arg(long, default_value = "20000-32767", value_parser = parse_ports, env = "LBD_XDP_NAT_PORTS")]
         xdp_nat_ports: (u16, u16),
-        /// Threads that run the data plane and the API (like HAProxy's `nbthread`). Default:
-        /// one per CPU lbd may run on.
+        /// Data-plane worker threads (like HAProxy's `nbthread`): each runs the client
+        /// connections handed to it from accept to close, with its own idle member connections.
+        /// The API, reconciler and health checks run on one more thread. Default: one worker
+        /// per CPU lbd may run on.
         #[arg(long, env = "LBD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         worker_threads: Option<u16>,
     },
@@ -154,12 +156,13 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all().thread_name("lbd-worker");
-    if let Command::Serve { worker_threads: Some(n), .. } = &cli.command {
-        runtime.worker_threads(usize::from(*n));
+    if let Command::Serve { worker_threads, .. } = &cli.command {
+        let n = worker_threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        lb_userspace::proxy::workers::start(n).context("cannot start the data-plane workers")?;
     }
-    runtime.build().context("cannot start the async runtime")?.block_on(run(cli))
+    // The control plane (API, reconciler, health checks) on its own thread.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(1).thread_name("lbd-control").build();
+    runtime.context("cannot start the async runtime")?.block_on(run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -178,7 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             xdp_nat_ports,
             worker_threads: _,
         } => {
-            tracing::info!(threads = tokio::runtime::Handle::current().metrics().num_workers(), "worker threads");
+            tracing::info!(threads = lb_userspace::proxy::workers::count(), "data-plane worker threads");
             let public_url = public_url.unwrap_or_else(|| format!("http://{api_listen}")).trim_end_matches('/').to_string();
             let mut policy = ktls.policy();
             policy.userspace_ciphers = ktls_userspace_ciphers;

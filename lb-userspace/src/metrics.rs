@@ -28,6 +28,11 @@ pub struct XdpMemberFlowLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -133,6 +138,7 @@ pub struct Metrics {
     pub member_tls: Family<PoolOffloadLabels, Counter>,
     pub member_tls_verification: Family<PoolVerificationLabels, Gauge>,
     pub worker_threads: Gauge,
+    pub worker_connections: Family<WorkerLabels, Gauge>,
 }
 
 impl Metrics {
@@ -171,6 +177,7 @@ impl Metrics {
             member_tls: Family::default(),
             member_tls_verification: Family::default(),
             worker_threads: Gauge::default(),
+            worker_connections: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Client connections accepted", m.connections.clone());
@@ -219,8 +226,9 @@ impl Metrics {
             "1 per TLS pool with how member certificates are checked: ca, or none (no ca_tls_container_ref)",
             m.member_tls_verification.clone(),
         );
-        registry.register("worker_threads", "Threads of the runtime that runs the data plane and the API (--worker-threads)", m.worker_threads.clone());
-        m.worker_threads.set(tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers() as i64));
+        registry.register("worker_threads", "Data-plane worker threads, each running its connections from accept to close (--worker-threads)", m.worker_threads.clone());
+        m.worker_threads.set(crate::proxy::workers::count() as i64);
+        registry.register("worker_connections", "Client connections open on each data-plane worker thread", m.worker_connections.clone());
         let (available, reason) = match &caps.ulp {
             _ if !policy.enabled => (0, "disabled_by_config"),
             Ok(()) => (1, "available"),
@@ -235,6 +243,9 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        for (i, open) in crate::proxy::workers::open_connections().into_iter().enumerate() {
+            self.worker_connections.get_or_create(&WorkerLabels { worker: i.to_string() }).set(open as i64);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out

@@ -2,23 +2,26 @@
 //! TLS termination and then HTTP or raw forwarding.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::ListenerRuntime;
 use super::http::{self, ConnContext};
 use super::raw;
+use super::workers;
 use crate::metrics::{HandshakeLabels, ListenerLabels, ListenerReasonLabels, OffloadLabels, ReasonLabels};
 use crate::tls::verify;
 use crate::tls::accept::{AcceptError, OffloadPolicy, accept};
 use crate::tls::stream::{PeerStream, ControlRecordError};
 use lb_common::model::{ListenerProtocol, PoolProtocol};
 
-/// Binds `addr` with the options a load balancer listener wants.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds `addr` with the options a load balancer listener wants (non-blocking, for [`spawn`]).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -27,12 +30,22 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
-/// Runs the accept loop on `listener` until the task is aborted.
-pub fn spawn(listener: TcpListener, shared: Arc<ArcSwap<ListenerRuntime>>, policy: Arc<OffloadPolicy>) -> JoinHandle<()> {
-    tokio::spawn(async move {
+/// Runs the accept loop on `listener`, on one of the data-plane workers, until the task is
+/// aborted; each connection runs on that worker or the least busy one ([`workers`]).
+pub fn spawn(listener: std::net::TcpListener, shared: Arc<ArcSwap<ListenerRuntime>>, policy: Arc<OffloadPolicy>) -> JoinHandle<()> {
+    workers::spawn_acceptor(async move {
+        // SAFETY: the std listener owns its descriptor and keeps it open for as long as the
+        // AsyncFd, which owns the listener, lives.
+        let listener = match unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) } {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(listener = %shared.load().id, error = %e, "cannot poll the listening socket");
+                return;
+            }
+        };
         loop {
             // Wait for room under the connection limit before accepting: excess connections wait
             // in the kernel's backlog, as with HAProxy's maxconn.
@@ -44,7 +57,7 @@ pub fn spawn(listener: TcpListener, shared: Arc<ArcSwap<ListenerRuntime>>, polic
                 },
                 None => None,
             };
-            let (tcp, peer) = match listener.accept().await {
+            let (tcp, peer) = match next_connection(&listener).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -62,14 +75,42 @@ pub fn spawn(listener: TcpListener, shared: Arc<ArcSwap<ListenerRuntime>>, polic
             // arguments), and the socket comes boxed (an argument keeps its slot in the task
             // for the connection's life, a box pointer is smaller): an idle connection's task
             // stays small.
-            tokio::spawn(handle(Box::new(tcp), peer, shared.clone(), policy.clone(), permit));
+            let (shared, policy) = (shared.clone(), policy.clone());
+            if let Err(e) = workers::run_connection(tcp, |tcp, assigned| handle(Box::new(tcp), peer, shared, policy, permit, assigned)) {
+                tracing::warn!(%peer, error = %e, "cannot register an accepted connection");
+            }
         }
     })
 }
 
-/// One accepted connection, holding its place under the connection limit (`_permit`) until it
-/// ends.
-async fn handle(tcp: Box<TcpStream>, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRuntime>>, policy: Arc<OffloadPolicy>, _permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+/// The next connection on `listener`, already non-blocking.
+async fn next_connection(listener: &AsyncFd<std::net::TcpListener>) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Ok(accepted) = ready.try_io(|l| accept_nonblocking(l.get_ref())) {
+            return accepted;
+        }
+    }
+}
+
+fn accept_nonblocking(listener: &std::net::TcpListener) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    // SAFETY: accept4 writes at most `len` bytes of address into the storage socket2 provides,
+    // and a descriptor it returns is new and owned by nobody else.
+    let (stream, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            match libc::accept4(listener.as_raw_fd(), storage.cast(), len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) {
+                -1 => Err(std::io::Error::last_os_error()),
+                fd => Ok(std::net::TcpStream::from_raw_fd(fd)),
+            }
+        })?
+    };
+    let peer = addr.as_socket().ok_or_else(|| std::io::Error::other("accepted a connection without an IP address"))?;
+    Ok((stream, peer))
+}
+
+/// One accepted connection, holding its place under the connection limit (`_permit`) and in
+/// its worker's count (`_assigned`) until it ends.
+async fn handle(tcp: Box<TcpStream>, peer: SocketAddr, shared: Arc<ArcSwap<ListenerRuntime>>, policy: Arc<OffloadPolicy>, _permit: Option<tokio::sync::OwnedSemaphorePermit>, _assigned: workers::Assigned) {
     let rt = shared.load_full();
     let _ = tcp.set_nodelay(true);
     // The labels (a copy of the listener id) are dropped here rather than kept in the task.

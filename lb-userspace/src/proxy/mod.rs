@@ -6,6 +6,7 @@
 //! - [`raw`] and [`splice`]: byte forwarding, zero-copy when the client socket is offloaded.
 //! - [`upstream`]: member choice, connecting with retry, idle connection reuse.
 //! - [`io`]: byte counting and inactivity timeouts.
+//! - [`workers`]: the threads connections run on, a one-thread runtime each.
 
 pub mod http;
 pub mod io;
@@ -13,6 +14,7 @@ pub mod listener;
 pub mod raw;
 pub mod splice;
 pub mod upstream;
+pub mod workers;
 
 use std::sync::Arc;
 

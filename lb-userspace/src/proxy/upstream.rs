@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::io::Idle;
+use super::workers;
 use crate::metrics::{MemberLabels, Metrics, PoolMemberLabels, PoolOffloadLabels};
 use crate::tls::accept::OffloadPolicy;
 use crate::tls::client::{self, MemberTls};
@@ -26,7 +27,7 @@ use lb_common::model::{Pool, PoolProtocol};
 /// Request body sent to members: the client's streamed body, or nothing (replayable).
 pub type UpBody = Either<Incoming, Empty<Bytes>>;
 
-/// Idle HTTP/1.1 connections kept per member. Each request holds one connection, so a pool
+/// Idle HTTP/1.1 connections kept per member on each worker. Each request holds one connection, so a pool
 /// that keeps fewer than the peak number of concurrent requests closes the excess after every
 /// burst and opens it again on the next (64 did so under 16 h2 connections × 10 streams, and cost
 /// lbd a third of its requests per CPU-second there). Idle ones close after the pool's
@@ -42,11 +43,13 @@ pub enum UpstreamError {
     AllFailed(String),
 }
 
-/// One member: its address and idle HTTP connections.
+/// One member: its address and idle HTTP connections, kept per data-plane worker: a
+/// connection's driver task runs on the worker that opened it, so a request reuses only its
+/// own worker's connections and never waits on another thread.
 pub struct MemberRuntime {
     pub id: String,
     pub addr: SocketAddr,
-    idle: Mutex<Vec<SendRequest<UpBody>>>,
+    idle: Box<[Mutex<Vec<SendRequest<UpBody>>>]>,
 }
 
 impl MemberRuntime {
@@ -55,20 +58,24 @@ impl MemberRuntime {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().expect("idle pool lock");
+        let mut idle = self.idle_here().lock().expect("idle pool lock");
         if idle.len() < MAX_IDLE_PER_MEMBER {
             idle.push(sender);
         }
     }
 
     fn take_idle(&self) -> Option<SendRequest<UpBody>> {
-        let mut idle = self.idle.lock().expect("idle pool lock");
+        let mut idle = self.idle_here().lock().expect("idle pool lock");
         while let Some(s) = idle.pop() {
             if s.is_ready() {
                 return Some(s);
             }
         }
         None
+    }
+
+    fn idle_here(&self) -> &Mutex<Vec<SendRequest<UpBody>>> {
+        &self.idle[workers::current() % self.idle.len()]
     }
 }
 
@@ -104,7 +111,7 @@ impl PoolRuntime {
                 let addr = SocketAddr::new(m.address, m.protocol_port);
                 previous
                     .and_then(|p| p.members.iter().find(|old| old.id == m.id && old.addr == addr).cloned())
-                    .unwrap_or_else(|| Arc::new(MemberRuntime { id: m.id.clone(), addr, idle: Mutex::new(Vec::new()) }))
+                    .unwrap_or_else(|| Arc::new(MemberRuntime { id: m.id.clone(), addr, idle: (0..workers::count()).map(|_| Mutex::new(Vec::new())).collect() }))
             })
             .collect();
         let weights: Vec<u32> = if pool.admin_state_up {
