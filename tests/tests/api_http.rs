@@ -142,3 +142,78 @@ fn worker_threads_option_sizes_the_runtime_and_rejects_zero() {
     assert!(!out.status.success() && err.contains("--worker-threads") && err.contains("0 is not in 1..=1024"), "{err}");
     assert!(!dir.path().join("other").exists(), "a rejected start created state");
 }
+
+/// Client connections are spread over the data-plane workers, each new one to the worker with
+/// the fewest open (`lb_worker_connections`), and every worker serves its connections'
+/// requests through its own member connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_the_worker_threads() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend("spread").await;
+    let work = dir.path().to_path_buf();
+    let (lbd, port) = tokio::task::spawn_blocking(move || {
+        let lbd = Lbd::start_with(&work, "127.0.0.1".parse().unwrap(), &["--worker-threads", "2"]);
+        let api = Api::login(&lbd);
+        let (c, k) = self_signed(&work, "spread.example", "30");
+        use base64::Engine;
+        let (code, secret) = api.post("/v1/secrets/", json!({"name": "spread", "payload": base64::engine::general_purpose::STANDARD.encode(pkcs12(&work, &c, &k, "", false)),
+            "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}));
+        assert_eq!(code, 201, "{secret}");
+        let port = free_port();
+        let (code, lb) = api.post("/v2.0/lbaas/loadbalancers", json!({"loadbalancer": {
+            "name": "spread", "vip_address": "127.0.0.1",
+            "listeners": [{"name": "l", "protocol": "TERMINATED_HTTPS", "protocol_port": port, "default_tls_container_ref": secret["secret_ref"],
+                           "default_pool": {"name": "p", "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+                                            "members": [{"address": "127.0.0.1", "protocol_port": backend.port()}]}}]
+        }}));
+        assert_eq!(code, 201, "{lb}");
+        api.wait_active(lb["loadbalancer"]["id"].as_str().unwrap());
+        (lbd, port)
+    })
+    .await
+    .unwrap();
+    let metrics = || {
+        let out = Command::new("curl").args(["-s", &format!("{}/metrics", lbd.url())]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        [0, 1].map(|w| lb_tests::metric(&text, &format!("lb_worker_connections{{worker=\"{w}\"}}")))
+    };
+    let mut senders = Vec::new();
+    for i in 0..6 {
+        let tls = lb_tests::client::connect(port, "spread.example", lb_tests::client::default_config()).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        senders.push(sender);
+        // Each connection is counted once its task runs; the next goes to the other worker.
+        let want = [(i / 2 + 1) as f64, ((i + 1) / 2) as f64];
+        let mut seen = metrics();
+        for _ in 0..50 {
+            if seen.iter().sum::<f64>() == (i + 1) as f64 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            seen = metrics();
+        }
+        let mut sorted = seen;
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        assert_eq!(sorted, want, "connection {i}: per-worker open connections {seen:?}");
+    }
+    for (i, sender) in senders.iter_mut().enumerate() {
+        for _ in 0..3 {
+            sender.ready().await.unwrap();
+            let req = hyper::Request::get(format!("/c{i}")).header("host", "spread.example").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(String::from_utf8_lossy(&body).contains(&format!("backend=spread\npath=/c{i}\n")), "{body:?}");
+        }
+    }
+    drop(senders);
+    for _ in 0..100 {
+        if metrics() == [0.0, 0.0] {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("closed connections still counted: {:?}", metrics());
+}
