@@ -79,6 +79,11 @@ impl Reconciler {
         }
         self.pools = pools;
 
+        // The XDP maps first: services for every enabled listener, Maglev rings for the
+        // forwarding ones. A forwarding listener's own socket only serves flows the program
+        // passes (those it did not see start); bound before its service is written, it would
+        // take, for their whole life, the connections opened in between.
+        let xdp = self.xdp.as_ref().map(|x| x.sync(state)).unwrap_or_default();
         let mut wanted = std::collections::HashSet::new();
         for (lb, l) in state.listeners() {
             if !(lb.admin_state_up && l.admin_state_up) {
@@ -99,15 +104,12 @@ impl Reconciler {
             }
             keep
         });
-        // The XDP maps follow: services for every enabled listener, Maglev rings for the
-        // forwarding ones. A listener fails if either half failed.
-        if let Some(xdp) = &self.xdp {
-            for (id, result) in xdp.sync(state) {
-                if let Err(e) = result {
-                    let entry = report.listeners.entry(id).or_insert(Ok(()));
-                    if entry.is_ok() {
-                        *entry = Err(format!("XDP: {e}"));
-                    }
+        // A listener fails if either half failed.
+        for (id, result) in xdp {
+            if let Err(e) = result {
+                let entry = report.listeners.entry(id).or_insert(Ok(()));
+                if entry.is_ok() {
+                    *entry = Err(format!("XDP: {e}"));
                 }
             }
         }
