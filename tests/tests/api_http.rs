@@ -143,9 +143,10 @@ fn worker_threads_option_sizes_the_runtime_and_rejects_zero() {
     assert!(!dir.path().join("other").exists(), "a rejected start created state");
 }
 
-/// Client connections are spread over the data-plane workers, each new one to the worker with
-/// the fewest open (`lb_worker_connections`), and every worker serves its connections'
-/// requests through its own member connections.
+/// Client connections are spread over the data-plane workers (`lb_worker_connections`): a new
+/// one stays on the accepting worker unless the other has fewer open, so they alternate; the
+/// requests of connections on either worker reach the member, and closed connections leave
+/// the counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_over_the_worker_threads() {
     use http_body_util::BodyExt;
