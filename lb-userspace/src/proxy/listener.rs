@@ -2,7 +2,6 @@
 //! TLS termination and then HTTP or raw forwarding.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -94,18 +93,9 @@ async fn next_connection(listener: &AsyncFd<std::net::TcpListener>) -> std::io::
 }
 
 fn accept_nonblocking(listener: &std::net::TcpListener) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
-    // SAFETY: accept4 writes at most `len` bytes of address into the storage socket2 provides,
-    // and a descriptor it returns is new and owned by nobody else.
-    let (stream, addr) = unsafe {
-        socket2::SockAddr::try_init(|storage, len| {
-            match libc::accept4(listener.as_raw_fd(), storage.cast(), len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) {
-                -1 => Err(std::io::Error::last_os_error()),
-                fd => Ok(std::net::TcpStream::from_raw_fd(fd)),
-            }
-        })?
-    };
+    let (stream, addr) = socket2::SockRef::from(listener).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
     let peer = addr.as_socket().ok_or_else(|| std::io::Error::other("accepted a connection without an IP address"))?;
-    Ok((stream, peer))
+    Ok((stream.into(), peer))
 }
 
 /// One accepted connection, holding its place under the connection limit (`_permit`) and in
