@@ -492,6 +492,72 @@ fn a_flow_given_a_closing_flows_port_outlives_that_flows_expiry() {
     }
 }
 
+/// Regression: the reconciler once bound a forwarding listener's socket before it wrote the
+/// listener's XDP service (65537 Maglev slots, one system call each), and a connection opened in
+/// between stayed in lbd's userspace for its whole life. A client that keeps connecting while
+/// the listener is created must have every connection forwarded by XDP, the first ones too.
+#[test]
+fn connections_opened_while_a_listener_is_created_are_all_forwarded_by_xdp() {
+    const HELD: usize = 20;
+    let rig = Rig::new(1);
+    // The pool and its members first, so that creating the listener brings its socket and its
+    // Maglev ring in the same update.
+    let (code, p) = rig.api.post("/v2.0/lbaas/pools", json!({"pool": {"loadbalancer_id": rig.lb, "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN"}}));
+    assert_eq!(code, 201, "{p}");
+    let pool = p["pool"]["id"].as_str().unwrap().to_string();
+    rig.api.wait_active(&rig.lb);
+    for m in MEMBERS {
+        let address = rig.topo.hosts[m].addrs[0].to_string();
+        let (code, mem) = rig.api.post(&format!("/v2.0/lbaas/pools/{pool}/members"), json!({"member": {"address": address, "protocol_port": HTTP_PORT}}));
+        assert_eq!(code, 201, "{mem}");
+        rig.api.wait_active(&rig.lb);
+    }
+    // Refused until the listener exists, then held open: the first connections land right as
+    // the listener comes up.
+    let vip = rig.vip(80);
+    let ns = format!("/var/run/netns/{}", rig.topo.hosts[CLIENT].ns);
+    let knocker = std::thread::spawn(move || {
+        let ns = std::fs::File::open(&ns).unwrap();
+        // SAFETY: setns(2) on this thread only.
+        assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) }, 0);
+        let (mut held, mut refused) = (Vec::new(), 0);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while held.len() < HELD && Instant::now() < deadline {
+            match TcpStream::connect_timeout(&vip, Duration::from_secs(3)) {
+                Ok(s) => held.push(s),
+                Err(_) => {
+                    refused += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        let answers: Vec<String> = held.iter_mut().map(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            request(s, "/", false).unwrap_or_else(|e| format!("error: {e}"))
+        }).collect();
+        (answers, refused)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, l) = rig.api.post(
+        "/v2.0/lbaas/listeners",
+        json!({"listener": {"loadbalancer_id": rig.lb, "protocol": "TCP", "protocol_port": 80, "default_pool_id": pool}}),
+    );
+    assert_eq!(code, 201, "{l}");
+    let listener = l["listener"]["id"].as_str().unwrap().to_string();
+    rig.api.wait_active(&rig.lb);
+    let (answers, refused) = knocker.join().unwrap();
+    println!("{refused} attempts refused before the listener existed, then {} connections held", answers.len());
+    assert!(refused > 0, "the client started before the listener existed");
+    assert_eq!(answers.len(), HELD);
+    for a in &answers {
+        assert!(a.starts_with("member="), "{a}");
+    }
+    let metrics = rig.metrics();
+    let l = format!("listener=\"{listener}\"");
+    assert_eq!(series(&metrics, "lb_xdp_listener_flows_total", &l), HELD as f64, "{metrics}");
+    assert_eq!(series(&metrics, "lb_connections_total", &l), HELD as f64, "no connection reached lbd's userspace listener: {metrics}");
+}
+
 #[test]
 fn connection_limit_drops_new_flows_while_the_listener_is_full() {
     let rig = Rig::new(1);
