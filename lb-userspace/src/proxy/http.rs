@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::ListenerRuntime;
+use super::coalesce::Coalesce;
 use super::upstream::{MemberRuntime, UpBody};
 use crate::tls::peer::{self, ClientCert};
 
@@ -56,17 +57,17 @@ where
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(proxy(req, &ctx).await) }
     });
-    let io = TokioIo::new(io);
     if h2 {
+        // Responses of streams ready together leave in one record and one write.
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .serve_connection(io, svc)
+            .serve_connection(TokioIo::new(Coalesce::new(io)), svc)
             .await
     } else {
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
-            .serve_connection(io, svc)
+            .serve_connection(TokioIo::new(io), svc)
             .await
     }
 }

@@ -6,8 +6,10 @@
 //! - [`raw`] and [`splice`]: byte forwarding, zero-copy when the client socket is offloaded.
 //! - [`upstream`]: member choice, connecting with retry, idle connection reuse.
 //! - [`io`]: byte counting and inactivity timeouts.
+//! - [`coalesce`]: one write for the h2 responses that are ready together.
 //! - [`workers`]: the threads connections run on, a one-thread runtime each.
 
+pub mod coalesce;
 pub mod http;
 pub mod io;
 pub mod listener;
