@@ -87,7 +87,7 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], insns
     writeln!(md, "Mode: **{}**. Kernel {}, {} CPUs ({}), open-file limit {}.", if env.ktls { "native host with kTLS" } else { "native host without kTLS (lbd's userspace TLS path; the kTLS contenders cannot run here)" }, env.kernel, env.cpus, env.cpu_model, env.nofile)?;
     writeln!(md, "Repetitions: {} × {} s per scenario and contender, interleaved. {}\n", plan.reps, plan.seconds, if plan.quick { "`--quick`: a smoke run, the numbers are not meant to be read." } else { "" })?;
     writeln!(md, "Crypto limit: `openssl speed -elapsed -bytes 16384 -evp aes-128-gcm` = **{:.0} MB/s** on one core (best of three runs).\n", env.crypto_limit / 1e6)?;
-    writeln!(md, "All contenders: TLS 1.3, TLS_AES_128_GCM_SHA256, ECDSA P-256 certificate (RSA-2048 in the `handshake-rsa-*` scenarios), loopback, same nginx backend (plain HTTP/1.1 keep-alive, static files). lbd runs with `--ktls off` (\"lbd\") and, where the kernel has kTLS, `--ktls auto` (\"lbd-ktls\"); HAProxy `mode http` with `nbthread 2`; nginx `worker_processes 2` proxying with keep-alive upstreams; `tcp-proxy` is HAProxy `mode tcp` without TLS (the ceiling). Everything shares the machine's {} CPUs with the load generator and the backend, so figures are per server CPU-second, and the generator's own CPU is shown (≥ 0.9 of its threads means the generator, not the server, was the limit).\n", env.cpus)?;
+    writeln!(md, "All contenders: TLS 1.3, TLS_AES_128_GCM_SHA256, ECDSA P-256 certificate (RSA-2048 in the `handshake-rsa-*` scenarios), loopback, same nginx backend (plain HTTP/1.1 keep-alive, static files). lbd proxies HTTP with `--ktls off` (\"lbd\") and, where the kernel has kTLS, `--ktls auto` (\"lbd-ktls\"); \"lbd-raw\" and \"lbd-ktls-raw\" are the same in raw mode (a TCP pool: the decrypted bytes forwarded unparsed, with splice(2) once kTLS holds the keys; ALPN http/1.1 only, so they run the byte-forwarding scenarios `tcp-proxy` runs); HAProxy `mode http` with `nbthread 2`; nginx `worker_processes 2` proxying with keep-alive upstreams; `tcp-proxy` is HAProxy `mode tcp` without TLS (the ceiling). Everything shares the machine's {} CPUs with the load generator and the backend, so figures are per server CPU-second, and the generator's own CPU is shown (≥ 0.9 of its threads means the generator, not the server, was the limit).\n", env.cpus)?;
     for (name, note) in notes {
         writeln!(md, "- {name}: {note}")?;
     }
@@ -140,10 +140,20 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], insns
             writeln!(summary, "- {b}: lbd bytes per CPU-second / single-core crypto limit = {:.2}", r.per_cpu.median / env.crypto_limit)?;
         }
     }
+    for b in download.into_iter().chain(Some("bulk-upload-1m-c64")) {
+        if let Some(r) = row(&rows, b, "lbd-raw") {
+            writeln!(summary, "- {b}: lbd-raw bytes per CPU-second / single-core crypto limit = {:.2}", r.per_cpu.median / env.crypto_limit)?;
+        }
+    }
     if let Some(b) = download {
-        match ratio(b, "lbd-ktls", "lbd") {
-            Some(r) => writeln!(summary, "- {b}: kTLS / userspace = {r:.2}")?,
-            None => writeln!(summary, "- kTLS / userspace: not measurable on this kernel (no kTLS)")?,
+        match (ratio(b, "lbd-ktls", "lbd"), ratio(b, "lbd-ktls-raw", "lbd-raw")) {
+            (Some(http), raw) => {
+                writeln!(summary, "- {b}: kTLS / userspace = {http:.2} (HTTP mode)")?;
+                if let Some(raw) = raw {
+                    writeln!(summary, "- {b}: kTLS / userspace = {raw:.2} (raw mode)")?;
+                }
+            }
+            (None, _) => writeln!(summary, "- kTLS / userspace: not measurable on this kernel (no kTLS)")?,
         }
     }
     for s in ["handshake-full", "handshake-resumed", "handshake-rsa-full", "handshake-rsa-resumed", "small-1k-h1", "small-1k-h2"] {
@@ -198,8 +208,16 @@ fn row<'a>(rows: &'a BTreeMap<(&'static str, &'static str), Row>, scenario: &str
 fn chart(path: &Path, plan: &Plan, rows: &BTreeMap<(&'static str, &'static str), Row>) -> anyhow::Result<()> {
     // Paced load is not about work per CPU-second.
     let scenarios: Vec<&str> = plan.scenarios.iter().map(|s| s.name).filter(|n| !["idle-conns", "small-1k-h1-half"].contains(n)).collect();
-    let contenders = ["lbd", "lbd-ktls", "haproxy", "nginx", "tcp-proxy"];
-    let colors = [RGBColor(0x1f, 0x77, 0xb4), RGBColor(0x2c, 0xa0, 0x2c), RGBColor(0xd6, 0x27, 0x28), RGBColor(0x94, 0x67, 0xbd), RGBColor(0x7f, 0x7f, 0x7f)];
+    let contenders = ["lbd", "lbd-raw", "lbd-ktls", "lbd-ktls-raw", "haproxy", "nginx", "tcp-proxy"];
+    let colors = [
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0x9e, 0xc9, 0xe6),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0x98, 0xdf, 0x8a),
+        RGBColor(0xd6, 0x27, 0x28),
+        RGBColor(0x94, 0x67, 0xbd),
+        RGBColor(0x7f, 0x7f, 0x7f),
+    ];
     let value = |s: &str, c: &str| -> Option<f64> { Some(row(rows, s, c)?.per_cpu.median / row(rows, s, "haproxy")?.per_cpu.median) };
     let ymax = scenarios.iter().flat_map(|s| contenders.iter().filter_map(move |c| value(s, c))).fold(1.0f64, f64::max) * 1.15;
     let root = SVGBackend::new(path, (960, 520)).into_drawing_area();

@@ -35,8 +35,10 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Whether the plain TCP proxy (no TLS) can run it.
-    pub fn plain_ok(&self) -> bool {
+    /// Whether a byte-forwarding contender can run it: the plain TCP proxy (no TLS) and lbd's
+    /// raw mode (TLS terminated, bytes forwarded to the backend unparsed), which speak no h2 and
+    /// hold a backend connection per client connection.
+    pub fn forwarding_ok(&self) -> bool {
         matches!(self.kind, Kind::Wrk { close: false, .. } | Kind::Upload { .. })
     }
 }
@@ -151,8 +153,9 @@ pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Vec<(String,
     if plan.baseline.is_some() {
         names.push("lbd-baseline");
     }
+    names.push("lbd-raw");
     if plan.env.ktls {
-        names.push("lbd-ktls");
+        names.extend(["lbd-ktls", "lbd-ktls-raw"]);
     }
     names.extend(["haproxy", "nginx", "tcp-proxy"]);
     names.retain(|n| plan.contender.as_deref().is_none_or(|c| c.split(',').any(|c| c == *n)));
@@ -169,7 +172,7 @@ pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Vec<(String,
         for scenario in &plan.scenarios {
             for c in &contenders {
                 let plain = c.name == "tcp-proxy";
-                if plain && !scenario.plain_ok() {
+                if servers::forwards_bytes(c.name) && !scenario.forwarding_ok() {
                     continue;
                 }
                 // Memory is measured on a process that has served nothing else, so that what the
@@ -217,10 +220,11 @@ fn small_h1() -> Scenario {
     Scenario { name: "small-1k-h1", what: "1 KiB responses, 64 keep-alive HTTP/1.1 connections", kind: Kind::Wrk { path: "/1k", threads: 2, conns: 64, close: false } }
 }
 
-/// Half the `small-1k-h1` rate of the slowest TLS contender so far (medians), if measured.
+/// Half the `small-1k-h1` rate of the slowest HTTP-proxying TLS contender so far (medians), if
+/// measured.
 fn half_load(samples: &[Sample]) -> Option<f64> {
     let mut rates: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
-    for s in samples.iter().filter(|s| s.scenario == "small-1k-h1" && s.contender != "tcp-proxy") {
+    for s in samples.iter().filter(|s| s.scenario == "small-1k-h1" && !servers::forwards_bytes(s.contender)) {
         rates.entry(s.contender).or_default().push(s.load.requests / s.load.seconds.max(1e-9));
     }
     rates
@@ -238,7 +242,7 @@ fn calibrate(plan: &Plan, contenders: &[Server], dir: &Path) -> anyhow::Result<f
     let small = small_h1();
     let samples = contenders
         .iter()
-        .filter(|c| c.name != "tcp-proxy")
+        .filter(|c| !servers::forwards_bytes(c.name))
         .map(|c| measure(plan, &small, c, false, dir, None))
         .collect::<anyhow::Result<Vec<_>>>()?;
     half_load(&samples).context("no TLS contender to calibrate half load against")

@@ -82,11 +82,27 @@ pub fn start(name: &str, lbd_bin: &Path, dir: &Path, certs: &Certs, backend: u16
         "lbd" => lbd(lbd_bin, dir, certs, backend, "lbd"),
         "lbd-baseline" => lbd(lbd_bin, dir, certs, backend, "lbd-baseline"),
         "lbd-ktls" => lbd(lbd_bin, dir, certs, backend, "lbd-ktls"),
+        "lbd-raw" => lbd(lbd_bin, dir, certs, backend, "lbd-raw"),
+        "lbd-ktls-raw" => lbd(lbd_bin, dir, certs, backend, "lbd-ktls-raw"),
         "haproxy" => haproxy(dir, Some(certs), backend),
         "nginx" => nginx_tls(&dir.join("nginx"), certs, backend),
         "tcp-proxy" => haproxy(dir, None, backend),
         other => bail!("no contender named {other}"),
     }
+}
+
+/// Whether contender `name` is lbd in raw mode.
+pub fn is_raw(name: &str) -> bool {
+    name.starts_with("lbd") && name.ends_with("-raw")
+}
+
+/// Whether contender `name` forwards bytes rather than proxying HTTP: the plain TCP proxy and
+/// lbd's raw mode. They run only the scenarios [`Scenario::forwarding_ok`] allows and do not
+/// set the half-load rate.
+///
+/// [`Scenario::forwarding_ok`]: crate::scenarios::Scenario::forwarding_ok
+pub fn forwards_bytes(name: &str) -> bool {
+    name == "tcp-proxy" || is_raw(name)
 }
 
 pub fn free_port() -> u16 {
@@ -214,9 +230,14 @@ pub fn lbd(bin: &Path, dir: &Path, certs: &Certs, backend: u16, name: &'static s
 }
 
 /// As [`lbd`], with `cmd` (lbd, or a wrapper such as valgrind followed by lbd) as the program.
+/// The contender's name says its mode: `lbd-ktls*` runs `--ktls auto` (else `--ktls off`),
+/// `*-raw` forwards the decrypted bytes to the backend unparsed (a `TCP` pool: splice(2) between
+/// the sockets once kTLS holds the keys, rustls and a copy loop otherwise) instead of proxying
+/// HTTP with hyper.
 pub fn lbd_run(mut cmd: Command, dir: &Path, certs: &Certs, backend: u16, name: &'static str) -> anyhow::Result<Server> {
     let api = free_port();
-    let ktls = name == "lbd-ktls";
+    let ktls = name.starts_with("lbd-ktls");
+    let (pool_protocol, alpn) = if is_raw(name) { ("TCP", json!(["http/1.1"])) } else { ("HTTP", json!(["h2", "http/1.1"])) };
     let state = dir.join(format!("{name}-state"));
     cmd.args(["serve", "--api-listen", &format!("127.0.0.1:{api}"), "--ktls", if ktls { "auto" } else { "off" }])
         .env("LBD_STATE_DIR", &state)
@@ -238,7 +259,8 @@ pub fn lbd_run(mut cmd: Command, dir: &Path, certs: &Certs, backend: u16, name: 
     let listener = |name: &str, port: u16, cert: &Value| {
         json!({"name": name, "protocol": "TERMINATED_HTTPS", "protocol_port": port, "connection_limit": -1,
             "default_tls_container_ref": cert, "tls_versions": ["TLSv1.3"], "tls_ciphers": "TLS_AES_128_GCM_SHA256",
-            "default_pool": {"name": format!("p-{name}"), "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+            "alpn_protocols": alpn,
+            "default_pool": {"name": format!("p-{name}"), "protocol": pool_protocol, "lb_algorithm": "ROUND_ROBIN",
                 "members": [{"address": "127.0.0.1", "protocol_port": backend}]}})
     };
     let lb = json!({"loadbalancer": {"name": "bench", "vip_subnet_id": "lo-127.0.0.0", "vip_address": "127.0.0.1",

@@ -332,6 +332,8 @@ fn plugin_counts(text: &str) -> anyhow::Result<PluginCounts> {
 /// Builds lbd and the harness (release, or debug for `--quick`) and runs the harness.
 fn bench(quick: bool, scenario: Option<&str>) -> anyhow::Result<()> {
     let profile = if quick { "debug" } else { "release" };
+    // The L4 scenarios load the XDP object: build it here rather than rely on an earlier `test`.
+    build_ebpf()?;
     let target = cargo_build(profile, &["-p", "lb-userspace", "--bin", "lbd", "-p", "lb-benches", "--bin", "lb-bench"])?;
     let mut cmd = Command::new(target.join("lb-bench"));
     cmd.arg("--lbd").arg(target.join("lbd")).arg("--out").arg(workspace_root().join("target/bench"));
