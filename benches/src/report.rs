@@ -145,15 +145,12 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], insns
             writeln!(summary, "- {b}: lbd-raw bytes per CPU-second / single-core crypto limit = {:.2}", r.per_cpu.median / env.crypto_limit)?;
         }
     }
-    if let Some(b) = download {
-        match (ratio(b, "lbd-ktls", "lbd"), ratio(b, "lbd-ktls-raw", "lbd-raw")) {
-            (Some(http), raw) => {
-                writeln!(summary, "- {b}: kTLS / userspace = {http:.2} (HTTP mode)")?;
-                if let Some(raw) = raw {
-                    writeln!(summary, "- {b}: kTLS / userspace = {raw:.2} (raw mode)")?;
-                }
-            }
-            (None, _) => writeln!(summary, "- kTLS / userspace: not measurable on this kernel (no kTLS)")?,
+    if !env.ktls {
+        writeln!(summary, "- kTLS / userspace: not measurable on this kernel (no kTLS)")?;
+    }
+    for (b, (ktls, user, mode)) in download.iter().flat_map(|b| [(b, ("lbd-ktls", "lbd", "HTTP")), (b, ("lbd-ktls-raw", "lbd-raw", "raw"))]) {
+        if let Some(r) = ratio(b, ktls, user) {
+            writeln!(summary, "- {b}: kTLS / userspace = {r:.2} ({mode} mode)")?;
         }
     }
     for s in ["handshake-full", "handshake-resumed", "handshake-rsa-full", "handshake-rsa-resumed", "small-1k-h1", "small-1k-h2"] {
