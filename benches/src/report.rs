@@ -136,21 +136,20 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], insns
                 writeln!(summary, "- {b}: lbd / {other} = {r:.2}")?;
             }
         }
-        if let Some(r) = row(&rows, b, "lbd") {
-            writeln!(summary, "- {b}: lbd bytes per CPU-second / single-core crypto limit = {:.2}", r.per_cpu.median / env.crypto_limit)?;
-        }
-    }
-    for b in download.into_iter().chain(Some("bulk-upload-1m-c64")) {
-        if let Some(r) = row(&rows, b, "lbd-raw") {
-            writeln!(summary, "- {b}: lbd-raw bytes per CPU-second / single-core crypto limit = {:.2}", r.per_cpu.median / env.crypto_limit)?;
+        for c in ["lbd", "lbd-raw"] {
+            if let Some(r) = row(&rows, b, c) {
+                writeln!(summary, "- {b}: {c} bytes per CPU-second / single-core crypto limit = {:.2}", r.per_cpu.median / env.crypto_limit)?;
+            }
         }
     }
     if !env.ktls {
         writeln!(summary, "- kTLS / userspace: not measurable on this kernel (no kTLS)")?;
     }
-    for (b, (ktls, user, mode)) in download.iter().flat_map(|b| [(b, ("lbd-ktls", "lbd", "HTTP")), (b, ("lbd-ktls-raw", "lbd-raw", "raw"))]) {
-        if let Some(r) = ratio(b, ktls, user) {
-            writeln!(summary, "- {b}: kTLS / userspace = {r:.2} ({mode} mode)")?;
+    if let Some(b) = download {
+        for (ktls, user, mode) in [("lbd-ktls", "lbd", "HTTP"), ("lbd-ktls-raw", "lbd-raw", "raw")] {
+            if let Some(r) = ratio(b, ktls, user) {
+                writeln!(summary, "- {b}: kTLS / userspace = {r:.2} ({mode} mode)")?;
+            }
         }
     }
     for s in ["handshake-full", "handshake-resumed", "handshake-rsa-full", "handshake-rsa-resumed", "small-1k-h1", "small-1k-h2"] {
