@@ -88,12 +88,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         vec![]
     };
-    let guest = match guest {
-        Some(f) => Some(report::GuestInsns::read(&f)?),
-        None => None,
-    };
+    let guest = guest.map(|f| report::GuestInsns::read(&f)).transpose()?;
     let guest_idle = guest_idle.map(|f| report::GuestIdle::read(&f)).transpose()?;
-    let text = report::write(&out, &plan, &samples, &l4, &request_insns, guest.as_ref(), guest_idle.as_ref(), &notes)?;
+    let results = report::Results { samples, l4, insns: request_insns, guest, guest_idle, notes };
+    let text = report::write(&out, &plan, &results)?;
     println!("{text}");
     println!("report: {}", out.join("REPORT.md").display());
     Ok(())

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 
 use crate::insns::RequestInsns;
 use crate::l4::L4Sample;
-use crate::scenarios::{Plan, Sample};
+use crate::scenarios::{Notes, Plan, Sample};
 
 /// Median, min and max of a metric over repetitions.
 #[derive(Clone, Copy, Debug, Default)]
@@ -78,8 +78,20 @@ fn human(v: f64, bulk: bool) -> String {
     if bulk { format!("{:.1} MB", v / 1e6) } else { format!("{v:.0}") }
 }
 
+/// Everything one run measured, and what it has to say about it.
+pub struct Results {
+    pub samples: Vec<Sample>,
+    pub l4: Vec<L4Sample>,
+    pub insns: Vec<RequestInsns>,
+    pub guest: Option<GuestInsns>,
+    pub guest_idle: Option<GuestIdle>,
+    pub notes: Notes,
+}
+
 /// Writes the report and chart; returns the printed summary.
-pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], insns: &[RequestInsns], guest: Option<&GuestInsns>, guest_idle: Option<&GuestIdle>, notes: &[(String, String)]) -> anyhow::Result<String> {
+pub fn write(out: &Path, plan: &Plan, results: &Results) -> anyhow::Result<String> {
+    let Results { samples, l4, insns, notes, .. } = results;
+    let (guest, guest_idle) = (results.guest.as_ref(), results.guest_idle.as_ref());
     let rows = rows(samples);
     let env = &plan.env;
     let mut md = String::new();
@@ -159,11 +171,10 @@ pub fn write(out: &Path, plan: &Plan, samples: &[Sample], l4: &[L4Sample], insns
             }
         }
     }
-    if let (Some(l), Some(h)) = (rows.get(&("small-1k-h1", "lbd")), rows.get(&("small-1k-h1", "haproxy"))) {
-        if let (Some(a), Some(b)) = (l.latency, h.latency) {
+    if let (Some(l), Some(h)) = (rows.get(&("small-1k-h1", "lbd")), rows.get(&("small-1k-h1", "haproxy")))
+        && let (Some(a), Some(b)) = (l.latency, h.latency) {
             writeln!(summary, "- small-1k-h1 p99 at full load: lbd {:.2} ms, haproxy {:.2} ms", a[1].median, b[1].median)?;
         }
-    }
     let p99 = |c: &str| rows.get(&("small-1k-h1-half", c)).and_then(|r| r.latency).map(|[_, p, _]| format!("{c} {:.2} ms ({:.2}–{:.2})", p.median, p.min, p.max));
     if let (Some(l), Some(h), Some(rate)) = (p99("lbd"), p99("haproxy"), row(&rows, "small-1k-h1-half", "lbd")) {
         writeln!(summary, "- small-1k-h1-half p99 at half load (~{:.0} req/s), median (min–max) of the repetitions: {l}, {h}{}", rate.throughput.median, p99("nginx").map(|n| format!(", {n}")).unwrap_or_default())?;

@@ -141,8 +141,11 @@ pub struct Sample {
     pub rss_after: u64,
 }
 
+/// Remarks for the report, each under a name (a contender or a scenario).
+pub type Notes = Vec<(String, String)>;
+
 /// Starts everything, runs the plan, stops everything.
-pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Vec<(String, String)>)> {
+pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Notes)> {
     if plan.scenarios.is_empty() {
         return Ok((vec![], vec![]));
     }
@@ -164,7 +167,7 @@ pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Vec<(String,
         servers::start(name, bin, dir, &certs, backend.port)
     };
     let contenders: Vec<Server> = names.iter().map(|n| start(n, &dir.join("shared"))).collect::<anyhow::Result<_>>()?;
-    let mut notes: Vec<(String, String)> = contenders.iter().filter(|c| !c.note.is_empty()).map(|c| (c.name.to_string(), c.note.clone())).collect();
+    let mut notes: Notes = contenders.iter().filter(|c| !c.note.is_empty()).map(|c| (c.name.to_string(), c.note.clone())).collect();
 
     let mut samples = Vec::new();
     let mut half_rate = None;

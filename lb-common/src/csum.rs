@@ -21,7 +21,7 @@ pub fn replace16(csum: u16, old: u16, new: u16) -> u16 {
 /// with rotating its words by 8 bits.
 #[inline(always)]
 pub fn replace32(csum: u16, at: usize, old: [u8; 4], new: [u8; 4]) -> u16 {
-    let word = |b: [u8; 4], i: usize| if at % 2 == 0 { u16::from_ne_bytes([b[i], b[i + 1]]) } else { u16::from_ne_bytes([b[i + 1], b[i]]) };
+    let word = |b: [u8; 4], i: usize| if at.is_multiple_of(2) { u16::from_ne_bytes([b[i], b[i + 1]]) } else { u16::from_ne_bytes([b[i + 1], b[i]]) };
     let c = replace16(csum, word(old, 0), word(new, 0));
     replace16(c, word(old, 2), word(new, 2))
 }

@@ -24,7 +24,7 @@ pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
     let mut pos = offset;
     let mut i = 0;
     while i < buf.len() {
-        if pos % 8 == 0 && buf.len() - i >= 8 {
+        if pos.is_multiple_of(8) && buf.len() - i >= 8 {
             let word = splitmix(seed ^ (pos >> 3)).to_le_bytes();
             buf[i..i + 8].copy_from_slice(&word);
             i += 8;

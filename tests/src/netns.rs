@@ -34,6 +34,12 @@ pub struct Topology {
 /// Second octets handed out so far (topologies of one test binary run in parallel).
 static NEXT_NET: AtomicU32 = AtomicU32::new(0);
 
+impl Default for Topology {
+    fn default() -> Topology {
+        Topology::new()
+    }
+}
+
 impl Topology {
     /// An empty topology. Needs root.
     pub fn new() -> Topology {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lb_common::model::*;
@@ -21,10 +21,11 @@ use rustls::crypto::aws_lc_rs::cipher_suite as cs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `/proc/net/tls_stat` counts every socket of the machine: one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// An async lock: the guard is held across awaits, and a failed test does not poison it.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 const KTLS_INSTALLED: &str = r#"lb_tls_connections_total{offload="ktls",reason="installed"}"#;
@@ -160,7 +161,7 @@ fn s_client_get(port: u16, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_version_and_cipher_with_curl_and_openssl() {
-    let _serial = serial();
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = bulk::http_backend().await;
     let cases = [
@@ -186,7 +187,7 @@ async fn every_version_and_cipher_with_curl_and_openssl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
 async fn ciphers_kept_in_userspace_by_policy_or_switch_are_counted() {
-    let _serial = serial();
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = bulk::http_backend().await;
     let mut policy = KtlsMode::Auto.policy();
@@ -210,7 +211,7 @@ async fn ciphers_kept_in_userspace_by_policy_or_switch_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_mode_moves_a_gigabyte_each_way_intact() {
-    let _serial = serial();
+    let _serial = serial().await;
     let n = bulk_bytes();
     let dir = tempfile::tempdir().unwrap();
     let (backend, mut reports) = bulk::raw_backend().await;
@@ -236,7 +237,7 @@ async fn raw_mode_moves_a_gigabyte_each_way_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_mode_moves_a_gigabyte_each_way_intact_with_curl() {
-    let _serial = serial();
+    let _serial = serial().await;
     let n = bulk_bytes();
     let dir = tempfile::tempdir().unwrap();
     let (daemon, port) = http_service(dir.path()).await;
@@ -305,7 +306,7 @@ fn h2load(port: u16, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_requests_on_one_keep_alive_connection_and_multiplexed_h2_streams() {
-    let _serial = serial();
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let (daemon, port) = http_service(dir.path()).await;
     let before = kernel_snapshot();
@@ -320,7 +321,7 @@ async fn many_requests_on_one_keep_alive_connection_and_multiplexed_h2_streams()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_connections_are_pooled_beyond_sixty_four_concurrent_requests() {
-    let _serial = serial();
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let (daemon, port) = http_service(dir.path()).await;
     let opened = || lb_tests::metric_sum(&daemon.metrics.encode(), "lb_member_connections_total{");
@@ -351,7 +352,7 @@ async fn raw_session(port: u16, n: u64) -> tokio_rustls::client::TlsStream<tokio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
 async fn control_records_after_offload_end_connections_cleanly() {
-    let _serial = serial();
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let (backend, mut reports) = bulk::raw_backend().await;
     let tls = tls_with(dir.path(), vec![], &[]);
@@ -409,7 +410,7 @@ async fn get_and_close(tls: &mut tokio_rustls::client::TlsStream<tokio::net::Tcp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumed_sessions_take_the_same_path() {
-    let _serial = serial();
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let (daemon, port) = http_service(dir.path()).await;
     let before = kernel_snapshot();
@@ -428,7 +429,7 @@ async fn resumed_sessions_take_the_same_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_certificate_keeps_open_connections_working() {
-    let _serial = serial();
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = bulk::http_backend().await;
     let daemon = Daemon::start(KtlsMode::Auto);
@@ -484,7 +485,7 @@ async fn rotating_the_certificate_keeps_open_connections_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_members_is_offloaded_on_both_legs_in_raw_and_http_modes() {
     use lb_tests::pki::Ca;
-    let _serial = serial();
+    let _serial = serial().await;
     let n = bulk_bytes() / 16;
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "member ca");

@@ -93,7 +93,7 @@ async fn member_connect_timeout_answers_503() {
     let (_daemon, port) = start(member, |l| l.timeouts.member_connect = Duration::from_millis(700)).await;
     let (code, secs) = curl_status(port, "20").await;
     assert_eq!(code, 503);
-    assert!(secs >= 0.6 && secs < 15.0, "{secs}");
+    assert!((0.6..15.0).contains(&secs), "{secs}");
     drop(sock);
 }
 
@@ -114,7 +114,7 @@ async fn member_data_timeout_answers_504() {
     let (daemon, port) = start(member, |l| l.timeouts.member_data = Duration::from_millis(800)).await;
     let (code, secs) = curl_status(port, "20").await;
     assert_eq!(code, 504);
-    assert!(secs >= 0.7 && secs < 15.0, "{secs}");
+    assert!((0.7..15.0).contains(&secs), "{secs}");
     assert!(daemon.metrics.encode().contains(r#"lb_http_responses_total{listener="l1",code="504"} 1"#));
 }
 

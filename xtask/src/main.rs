@@ -166,6 +166,7 @@ fn setup() -> anyhow::Result<()> {
         run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    run(Command::new("rustup").args(["component", "add", "clippy"]))?;
     let have_linker = output(Command::new("bpf-linker").arg("--version")).map(|v| v.contains(BPF_LINKER_VERSION)).unwrap_or(false);
     if !have_linker {
         // bpf-linker linked against the nightly toolchain's own libLLVM (no system LLVM needed).
@@ -364,6 +365,8 @@ fn build_lbd() -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     build_lbd()?;
+    // Lints first: a warning fails the suite (the toolchain is pinned, so the lint set is too).
+    run(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))?;
     run(Command::new("cargo")
         .args(["test", "--workspace", "--locked"])
         .env("LB_OPENSTACK_VENV", venv_dir())

@@ -130,7 +130,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
 }
 
 fn matches(query: &[(String, String)], item: &Value) -> bool {
-    query.iter().filter(|(k, _)| k != "fields" && k != "limit").all(|(k, v)| item.get(k).is_some_and(|x| x.as_str() == Some(v.as_str()) || x.to_string() == *v))
+    query.iter().filter(|(k, _)| k != "fields" && k != "limit").all(|(k, v)| item.get(k).is_some_and(|x| x.as_str() == Some(v.as_str()) || serde_json::from_str::<Value>(v).is_ok_and(|q| q == *x)))
 }
 
 async fn list_subnets(_: Auth<Octavia>, RawQuery(q): RawQuery) -> Json<Value> {

@@ -90,7 +90,7 @@ fn encrypted_block(data: &[u8]) -> Result<Option<Vec<u8>>, CertError> {
     let Some(start) = text.find(BEGIN) else { return Ok(None) };
     let malformed = |detail: String| CertError::UnsupportedKey(format!("malformed ENCRYPTED PRIVATE KEY: {detail}"));
     let end = text[start..].find(END).ok_or_else(|| malformed("no END line".into()))? + start + END.len();
-    let (_, der) = pkcs8::der::pem::decode_vec(text[start..end].as_bytes()).map_err(|e| malformed(e.to_string()))?;
+    let (_, der) = pkcs8::der::pem::decode_vec(&text.as_bytes()[start..end]).map_err(|e| malformed(e.to_string()))?;
     Ok(Some(der))
 }
 

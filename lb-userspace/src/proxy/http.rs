@@ -166,13 +166,11 @@ impl RequestHead {
     fn new(parts: http::request::Parts, ctx: &ConnContext, rt: &ListenerRuntime) -> Self {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        if !headers.contains_key(header::HOST) {
-            if let Some(authority) = parts.uri.authority() {
-                if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+        if !headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+                && let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                     headers.insert(header::HOST, v);
                 }
-            }
-        }
         let insert = rt.insert_headers;
         if insert.forwarded_for {
             let ip = ctx.peer.ip().to_canonical().to_string();
@@ -216,11 +214,10 @@ impl RequestHead {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
-        if !req.headers().contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(&member.to_string()) {
+        if !req.headers().contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&member.to_string()) {
                 req.headers_mut().insert(header::HOST, v);
             }
-        }
         req
     }
 }

@@ -189,11 +189,10 @@ fn control_record<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Co
         if let Some(c) = err.downcast_ref::<ControlRecordError>() {
             return Some(c);
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(c) = io.get_ref().and_then(|i| i.downcast_ref::<ControlRecordError>()) {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(c) = io.get_ref().and_then(|i| i.downcast_ref::<ControlRecordError>()) {
                 return Some(c);
             }
-        }
         cur = err.source();
     }
     None

@@ -41,11 +41,10 @@ impl SniResolver {
         if let Some(k) = self.exact.get(&name) {
             return k.clone();
         }
-        if let Some((_, suffix)) = name.split_once('.') {
-            if let Some(k) = self.wildcard.get(suffix) {
+        if let Some((_, suffix)) = name.split_once('.')
+            && let Some(k) = self.wildcard.get(suffix) {
                 return k.clone();
             }
-        }
         self.default.clone()
     }
 }

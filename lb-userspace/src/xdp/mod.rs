@@ -145,7 +145,7 @@ impl XdpPlane {
                     // Neighbour misses every 100 ms (a sender retransmits within a second),
                     // everything else every second.
                     p.resolve_neighbours();
-                    if round % 10 == 0 {
+                    if round.is_multiple_of(10) {
                         p.maintain(&metrics);
                     }
                     if p.inner.lock().map(|i| i.ebpf.is_none()).unwrap_or(true) {

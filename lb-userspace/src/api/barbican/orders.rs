@@ -79,7 +79,7 @@ fn fulfil(tx: &mut dyn Txn, kek: &Kek, p: &Principal, order: &mut OrderRec, base
         "key" => {
             let algorithm = meta_str(&meta, "algorithm").unwrap_or_else(|| "aes".into());
             let bits = meta.get("bit_length").and_then(Value::as_u64).unwrap_or(256);
-            if !(bits % 8 == 0 && (64..=4096).contains(&bits)) {
+            if !(bits.is_multiple_of(8) && (64..=4096).contains(&bits)) {
                 return Err(bad(format!("meta.bit_length: {bits} is not a multiple of 8 between 64 and 4096")));
             }
             let ct = meta_str(&meta, "payload_content_type").unwrap_or_else(|| "application/octet-stream".into());

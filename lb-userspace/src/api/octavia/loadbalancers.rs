@@ -83,11 +83,10 @@ fn vip(input: &Input) -> Result<(String, Option<String>, Option<String>), OErr> 
 async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> Result<(StatusCode, Json<Value>), OErr> {
     p.require_write()?;
     let input = Input::parse(&body, "loadbalancer", FIELDS)?;
-    if let Some(provider) = input.str("provider")? {
-        if provider != "lbd" && provider != "amphora" && provider != "octavia" {
+    if let Some(provider) = input.str("provider")?
+        && provider != "lbd" && provider != "amphora" && provider != "octavia" {
             return Err(OErr::bad_request(format!("Provider '{provider}' is not enabled.")));
         }
-    }
     if input.str("flavor_id")?.is_some() {
         return Err(OErr::bad_request("flavor_id: lbd has no flavors"));
     }
@@ -150,7 +149,7 @@ async fn delete(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<St
         let w = World::load(tx)?;
         let listeners: Vec<&str> = w.listeners.iter().filter(|l| l.loadbalancer_id == id).map(|l| l.common.id.as_str()).collect();
         let pools: Vec<&str> = w.pools.iter().filter(|x| x.loadbalancer_id == id).map(|x| x.common.id.as_str()).collect();
-        if !cascade && !(listeners.is_empty() && pools.is_empty()) {
+        if !cascade && (!listeners.is_empty() || !pools.is_empty()) {
             return Err(OErr::bad_request(format!("Cannot delete Load Balancer {id} - it has children")));
         }
         for pool in &pools {

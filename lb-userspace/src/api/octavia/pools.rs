@@ -103,11 +103,10 @@ fn validate(tx: &mut dyn Txn, s: &ApiState, pool: &PoolRec) -> Result<(), OErr> 
             return Err(OErr::bad_request(format!("Invalid input for field/attribute tls_versions. Value: '{version}'. lbd supports TLSv1.2 and TLSv1.3.")));
         }
     }
-    if let Some(name) = pool.common.tags.iter().find_map(|t| t.strip_prefix(desired::SERVER_NAME_TAG)) {
-        if rustls_pki_types::DnsName::try_from(name).is_err() {
+    if let Some(name) = pool.common.tags.iter().find_map(|t| t.strip_prefix(desired::SERVER_NAME_TAG))
+        && rustls_pki_types::DnsName::try_from(name).is_err() {
             return Err(OErr::bad_request(format!("tags: {}{name} is not a valid DNS name", desired::SERVER_NAME_TAG)));
         }
-    }
     // References are resolved even while tls_enabled is false, so they are usable when it is set.
     let mut check = pool.clone();
     check.tls_enabled = true;
