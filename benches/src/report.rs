@@ -172,9 +172,10 @@ pub fn write(out: &Path, plan: &Plan, results: &Results) -> anyhow::Result<Strin
         }
     }
     if let (Some(l), Some(h)) = (rows.get(&("small-1k-h1", "lbd")), rows.get(&("small-1k-h1", "haproxy")))
-        && let (Some(a), Some(b)) = (l.latency, h.latency) {
-            writeln!(summary, "- small-1k-h1 p99 at full load: lbd {:.2} ms, haproxy {:.2} ms", a[1].median, b[1].median)?;
-        }
+        && let (Some(a), Some(b)) = (l.latency, h.latency)
+    {
+        writeln!(summary, "- small-1k-h1 p99 at full load: lbd {:.2} ms, haproxy {:.2} ms", a[1].median, b[1].median)?;
+    }
     let p99 = |c: &str| rows.get(&("small-1k-h1-half", c)).and_then(|r| r.latency).map(|[_, p, _]| format!("{c} {:.2} ms ({:.2}–{:.2})", p.median, p.min, p.max));
     if let (Some(l), Some(h), Some(rate)) = (p99("lbd"), p99("haproxy"), row(&rows, "small-1k-h1-half", "lbd")) {
         writeln!(summary, "- small-1k-h1-half p99 at half load (~{:.0} req/s), median (min–max) of the repetitions: {l}, {h}{}", rate.throughput.median, p99("nginx").map(|n| format!(", {n}")).unwrap_or_default())?;

@@ -34,14 +34,9 @@ pub struct Topology {
 /// Second octets handed out so far (topologies of one test binary run in parallel).
 static NEXT_NET: AtomicU32 = AtomicU32::new(0);
 
-impl Default for Topology {
-    fn default() -> Topology {
-        Topology::new()
-    }
-}
-
 impl Topology {
     /// An empty topology. Needs root.
+    #[expect(clippy::new_without_default, reason = "it needs root and takes one of the binary's network numbers: not a default value")]
     pub fn new() -> Topology {
         assert_eq!(unsafe { libc::geteuid() }, 0, "network namespace tests need root");
         let n = NEXT_NET.fetch_add(1, Ordering::SeqCst);

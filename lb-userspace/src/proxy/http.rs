@@ -168,9 +168,10 @@ impl RequestHead {
         strip_hop_by_hop(&mut headers);
         if !headers.contains_key(header::HOST)
             && let Some(authority) = parts.uri.authority()
-                && let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                    headers.insert(header::HOST, v);
-                }
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, v);
+        }
         let insert = rt.insert_headers;
         if insert.forwarded_for {
             let ip = ctx.peer.ip().to_canonical().to_string();
@@ -215,9 +216,10 @@ impl RequestHead {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
         if !req.headers().contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&member.to_string()) {
-                req.headers_mut().insert(header::HOST, v);
-            }
+            && let Ok(v) = HeaderValue::from_str(&member.to_string())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
         req
     }
 }

@@ -190,9 +190,10 @@ fn control_record<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Co
             return Some(c);
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(c) = io.get_ref().and_then(|i| i.downcast_ref::<ControlRecordError>()) {
-                return Some(c);
-            }
+            && let Some(c) = io.get_ref().and_then(|i| i.downcast_ref::<ControlRecordError>())
+        {
+            return Some(c);
+        }
         cur = err.source();
     }
     None

@@ -42,9 +42,10 @@ impl SniResolver {
             return k.clone();
         }
         if let Some((_, suffix)) = name.split_once('.')
-            && let Some(k) = self.wildcard.get(suffix) {
-                return k.clone();
-            }
+            && let Some(k) = self.wildcard.get(suffix)
+        {
+            return k.clone();
+        }
         self.default.clone()
     }
 }

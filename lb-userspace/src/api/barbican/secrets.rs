@@ -190,9 +190,10 @@ async fn list(State(s): State<Arc<ApiState>>, Auth(p, _): A, RawQuery(q): RawQue
 async fn show(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, BErr> {
     // Old clients ask for the payload with a non-JSON Accept on the secret itself.
     if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
-        && !accept.contains("json") && !accept.contains("*/*") {
-            return payload(State(s), Auth(p, Default::default()), Path(id), headers).await;
-        }
+        && !accept.contains("json") && !accept.contains("*/*")
+    {
+        return payload(State(s), Auth(p, Default::default()), Path(id), headers).await;
+    }
     let rec = s.read(|tx| readable(tx, &p, &id))?;
     Ok(Json(render(&rec, &s.public_url)).into_response())
 }

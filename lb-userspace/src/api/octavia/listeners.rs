@@ -169,9 +169,10 @@ fn validate(tx: &mut dyn Txn, s: &ApiState, l: &ListenerRec, lb: &LoadBalancerRe
     crate::desired::syn_rate(&l.common.tags).map_err(|e| OErr::bad_request(format!("Invalid input for field/attribute tags. {e}.")))?;
     let terminated = l.protocol == "TERMINATED_HTTPS";
     if let Some(h) = l.insert_headers.keys().find(|k| SslHeaders::NAMES.contains(&k.as_str()))
-        && !terminated {
-            return Err(OErr::bad_request(format!("insert_headers: {h} is only valid on TERMINATED_HTTPS listeners, not {}.", l.protocol)));
-        }
+        && !terminated
+    {
+        return Err(OErr::bad_request(format!("insert_headers: {h} is only valid on TERMINATED_HTTPS listeners, not {}.", l.protocol)));
+    }
     if !terminated && (l.client_authentication != "NONE" || l.client_ca_tls_container_ref.is_some() || l.client_crl_container_ref.is_some()) {
         return Err(OErr::bad_request(format!("client_authentication, client_ca_tls_container_ref and client_crl_container_ref are only valid on TERMINATED_HTTPS listeners, not {}.", l.protocol)));
     }

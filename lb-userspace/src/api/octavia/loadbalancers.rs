@@ -84,9 +84,10 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> R
     p.require_write()?;
     let input = Input::parse(&body, "loadbalancer", FIELDS)?;
     if let Some(provider) = input.str("provider")?
-        && provider != "lbd" && provider != "amphora" && provider != "octavia" {
-            return Err(OErr::bad_request(format!("Provider '{provider}' is not enabled.")));
-        }
+        && provider != "lbd" && provider != "amphora" && provider != "octavia"
+    {
+        return Err(OErr::bad_request(format!("Provider '{provider}' is not enabled.")));
+    }
     if input.str("flavor_id")?.is_some() {
         return Err(OErr::bad_request("flavor_id: lbd has no flavors"));
     }

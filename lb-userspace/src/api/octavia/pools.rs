@@ -104,9 +104,10 @@ fn validate(tx: &mut dyn Txn, s: &ApiState, pool: &PoolRec) -> Result<(), OErr> 
         }
     }
     if let Some(name) = pool.common.tags.iter().find_map(|t| t.strip_prefix(desired::SERVER_NAME_TAG))
-        && rustls_pki_types::DnsName::try_from(name).is_err() {
-            return Err(OErr::bad_request(format!("tags: {}{name} is not a valid DNS name", desired::SERVER_NAME_TAG)));
-        }
+        && rustls_pki_types::DnsName::try_from(name).is_err()
+    {
+        return Err(OErr::bad_request(format!("tags: {}{name} is not a valid DNS name", desired::SERVER_NAME_TAG)));
+    }
     // References are resolved even while tls_enabled is false, so they are usable when it is set.
     let mut check = pool.clone();
     check.tls_enabled = true;
