@@ -26,14 +26,19 @@ pub struct Server {
 impl Server {
     fn spawn(name: &'static str, port: u16, cmd: &mut Command) -> anyhow::Result<Server> {
         let child = cmd.process_group(0).stdin(Stdio::null()).spawn().with_context(|| format!("failed to run {cmd:?}"))?;
-        let s = Server { name, port, rsa_port: None, child, note: String::new() };
+        let mut s = Server { name, port, rsa_port: None, child, note: String::new() };
         s.wait_listening()?;
         Ok(s)
     }
 
-    fn wait_listening(&self) -> anyhow::Result<()> {
+    fn wait_listening(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            // A server that cannot bind (the port taken since it was chosen) exits: say so
+            // rather than wait, or later talk to whatever holds the port.
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited ({status}) before listening on port {}", self.name, self.port);
+            }
             // Generous: lbd under valgrind takes several seconds to start.
             if started.elapsed() > Duration::from_secs(60) {
                 bail!("{} did not listen on port {}", self.name, self.port);

@@ -261,6 +261,7 @@ async fn serve(dir: &Path, api_listen: SocketAddr, public_url: String, max_paylo
 
     let app = api::router(state).merge(daemon.router());
     let listener = tokio::net::TcpListener::bind(api_listen).await.with_context(|| format!("cannot listen on {api_listen}"))?;
+    let api_listen = listener.local_addr().unwrap_or(api_listen);
     tracing::info!(%api_listen, state_dir = %dir.display(), "lbd serving the control API, /metrics and /healthz");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

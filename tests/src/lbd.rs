@@ -49,17 +49,31 @@ impl Lbd {
         Self::start_with(dir, "127.0.0.1".parse().unwrap(), &[])
     }
 
-    /// Starts lbd with its API on `ip` and `extra` arguments to `lbd serve`.
+    /// Starts lbd with its API on `ip` and `extra` arguments to `lbd serve`. The port is free
+    /// when chosen but another test may bind it before lbd does; lbd then exits and the start
+    /// is retried on a new port.
     pub fn start_with(dir: &Path, ip: std::net::IpAddr, extra: &[&str]) -> Lbd {
-        let mut l = Lbd { dir: dir.to_path_buf(), port: crate::free_port(), ip, extra: extra.iter().map(|s| s.to_string()).collect(), child: None, env: vec![] };
-        l.spawn();
+        let mut l = Lbd { dir: dir.to_path_buf(), port: 0, ip, extra: extra.iter().map(|s| s.to_string()).collect(), child: None, env: vec![] };
+        for attempt in 1.. {
+            l.port = crate::free_port();
+            match l.spawn() {
+                Ok(()) => break,
+                Err(e) if attempt < 5 && e.contains("cannot listen on") => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
         l
     }
 
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("lbd.log")).unwrap();
-        let child = Command::new(lbd_binary())
-            .args(["serve", "--api-listen", &std::net::SocketAddr::new(self.ip, self.port).to_string()])
+    /// Starts `lbd serve` on `self.port` and waits until this process (not whatever else
+    /// may answer on the port) logs that it serves there. `Err` with its log if it exits first.
+    fn spawn(&mut self) -> Result<(), String> {
+        let log_path = self.dir.join("lbd.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let offset = log.metadata().unwrap().len() as usize;
+        let addr = std::net::SocketAddr::new(self.ip, self.port);
+        let mut child = Command::new(lbd_binary())
+            .args(["serve", "--api-listen", &addr.to_string()])
             .args(&self.extra)
             .env("LBD_STATE_DIR", self.dir.join("state"))
             .env("LBD_LOG", "info,lb_userspace=debug")
@@ -67,12 +81,24 @@ impl Lbd {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.child = Some(child);
+        let ready = format!("lbd serving the control API, /metrics and /healthz api_listen={addr} ");
         let started = Instant::now();
-        while std::net::TcpStream::connect((self.ip, self.port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "lbd did not start: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
+        loop {
+            let log = self.log().get(offset..).unwrap_or_default().to_string();
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("lbd exited ({status}) before serving on {addr}: {log}"));
+            }
+            if log.contains(&ready) {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("lbd did not serve on {addr} within 30 s: {log}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
         let rc = Command::new(lbd_binary()).arg("openrc").env("LBD_STATE_DIR", self.dir.join("state")).output().unwrap();
         self.env = String::from_utf8(rc.stdout)
             .unwrap()
@@ -80,6 +106,7 @@ impl Lbd {
             .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
             .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
             .collect();
+        Ok(())
     }
 
     /// The running process's id.
@@ -98,7 +125,7 @@ impl Lbd {
     /// `kill -9`, then start again on the same port and state.
     pub fn crash_and_restart(&mut self) {
         self.kill9();
-        self.spawn();
+        self.spawn().unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// `kill -9` and reap.

@@ -39,9 +39,19 @@ pub fn pkcs12(dir: &Path, cert: &Path, key: &Path, pass: &str, legacy: bool) -> 
     std::fs::read(out).unwrap()
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, never one this process has handed out before: the tests of
+/// one binary run as threads of one process, and the kernel may give two of them the same
+/// port between the probe here and the bind by whoever uses it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Serves HTTP/1.1 and h2 on a free loopback port with `handler`, one task per connection.
