@@ -29,8 +29,9 @@ fn requests(quick: bool) -> (u64, u64) {
 }
 
 /// Counts `lbd` (and `baseline` as `lbd-baseline`) for HTTP/1.1 and h2 clients: 1 KiB
-/// responses from the nginx backend, `h2load -c 8` (h2: 10 streams per connection).
-pub fn run(lbd: &Path, baseline: Option<&Path>, dir: &Path, certs: &Certs, backend: u16, quick: bool) -> anyhow::Result<Vec<RequestInsns>> {
+/// responses from the nginx backend, `h2load -c 8` (h2: 10 streams per connection). Each
+/// count's callgrind dump is kept as `report_dir/callgrind-NAME-PROTO.out` for `callgrind_annotate`.
+pub fn run(lbd: &Path, baseline: Option<&Path>, dir: &Path, report_dir: &Path, certs: &Certs, backend: u16, quick: bool) -> anyhow::Result<Vec<RequestInsns>> {
     let mut builds = vec![("lbd", lbd)];
     builds.extend(baseline.map(|b| ("lbd-baseline", b)));
     let mut out = Vec::new();
@@ -41,6 +42,8 @@ pub fn run(lbd: &Path, baseline: Option<&Path>, dir: &Path, certs: &Certs, backe
             let d = dir.join(format!("insns-{name}-{proto}"));
             std::fs::create_dir_all(&d)?;
             let counted = count(bin, name, proto, &d, certs, backend, requests(quick)).with_context(|| format!("request-insns {proto} against {name}"))?;
+            std::fs::create_dir_all(report_dir)?;
+            std::fs::copy(d.join("callgrind.out.1"), report_dir.join(format!("callgrind-{name}-{proto}.out")))?;
             eprintln!("request-insns {proto:>2} {name:>12}: {:.0} instructions, {:.1} mallocs per request", counted.instructions as f64 / counted.requests as f64, counted.mallocs as f64 / counted.requests as f64);
             out.push(counted);
         }

@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
         let dir = scenarios::tempdir()?;
         let certs = servers::certs(&dir)?;
         let backend = servers::backend(&dir.join("backend"))?;
-        let counted = insns::run(&lbd, plan.baseline.as_deref(), &dir, &certs, backend.port, quick)?;
+        let counted = insns::run(&lbd, plan.baseline.as_deref(), &dir, &out, &certs, backend.port, quick)?;
         drop(backend);
         let _ = std::fs::remove_dir_all(&dir);
         counted
