@@ -67,7 +67,20 @@ pub struct Plan {
     pub baseline: Option<std::path::PathBuf>,
 }
 
+/// Repetitions of the half-load latency scenario in a full run: its p99 is compared against
+/// HAProxy's, and repetitions here differ from one another by more than the contenders do, so
+/// it gets more of them than the throughput scenarios' `reps`.
+const LATENCY_REPS: usize = 7;
+
 impl Plan {
+    /// How many times `scenario` runs per contender.
+    pub fn reps_of(&self, scenario: &Scenario) -> usize {
+        match scenario.kind {
+            Kind::Paced { .. } if !self.quick => self.reps.max(LATENCY_REPS),
+            _ => self.reps,
+        }
+    }
+
     pub fn new(quick: bool, only: Option<&str>, nofile: u64) -> anyhow::Result<Plan> {
         let idle = if quick { 500 } else { servers::idle_connections() as usize };
         let all = vec![
@@ -171,8 +184,9 @@ pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Notes)> {
 
     let mut samples = Vec::new();
     let mut half_rate = None;
-    for rep in 0..plan.reps {
-        for scenario in &plan.scenarios {
+    let rounds = plan.scenarios.iter().map(|s| plan.reps_of(s)).max().unwrap_or(0);
+    for rep in 0..rounds {
+        for scenario in plan.scenarios.iter().filter(|s| rep < plan.reps_of(s)) {
             for c in &contenders {
                 let plain = c.name == "tcp-proxy";
                 if servers::forwards_bytes(c.name) && !scenario.forwarding_ok() {
@@ -201,14 +215,15 @@ pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Notes)> {
                 };
                 let sample = measure(plan, scenario, c, plain, &dir, half).with_context(|| format!("{} against {}", scenario.name, c.name))?;
                 eprintln!(
-                    "rep {} {:>18} {:>10}: {:>10.1} MB/s {:>9.0} req/s, server CPU {:.2}s, generator CPU {:.2}s",
+                    "rep {} {:>18} {:>10}: {:>10.1} MB/s {:>9.0} req/s, server CPU {:.2}s, generator CPU {:.2}s{}",
                     rep + 1,
                     scenario.name,
                     c.name,
                     sample.load.bytes / sample.load.seconds.max(1e-9) / 1e6,
                     sample.load.requests / sample.load.seconds.max(1e-9),
                     sample.server_cpu,
-                    sample.generator_cpu
+                    sample.generator_cpu,
+                    sample.load.latency_ms.map(|(p50, p99, _)| format!(", p50 {p50:.2} ms p99 {p99:.2} ms")).unwrap_or_default()
                 );
                 samples.push(sample);
             }
