@@ -262,7 +262,7 @@ fn insns_section(md: &mut String, summary: &mut String, insns: &[RequestInsns]) 
         return Ok(());
     }
     writeln!(md, "## request-insns — instructions lbd executes per proxied request (callgrind)\n")?;
-    writeln!(md, "lbd (`--ktls off`) under `valgrind --tool=callgrind`, the nginx backend's 1 KiB file, `h2load -c 8` (`--h1`, or h2 with 10 streams per connection); counters zeroed after a warm-up (handshakes, member pool) and dumped after the counted requests. Userspace instructions of all lbd's threads: deterministic to a fraction of a per cent, unlike timings here; the kernel's socket work is not in them. The dumps are next to this report (`callgrind_annotate --inclusive=yes callgrind-lbd-h2.out`).\n")?;
+    writeln!(md, "lbd (`--ktls off`) under `valgrind --tool=callgrind`, the nginx backend's 1 KiB file, `h2load -c 8` (`--h1`, or h2 with 10 streams per connection); counters zeroed after a warm-up (member pool, caches) and dumped after the counted requests; the counted run opens its 8 connections afresh, so the full handshakes of those 8 connections are in the count. Userspace instructions of all lbd's threads: deterministic to a fraction of a per cent, unlike timings here; the kernel's socket work is not in them. The dumps are next to this report (`callgrind_annotate --inclusive=yes callgrind-lbd-h2.out`).\n")?;
     writeln!(md, "| contender | protocol | requests | instructions per request | malloc calls per request |\n|---|---|---|---|---|")?;
     let per = |r: &RequestInsns, v: u64| v as f64 / r.requests.max(1) as f64;
     for r in insns {
