@@ -35,6 +35,7 @@ pub fn run(lbd: &Path, baseline: Option<&Path>, dir: &Path, report_dir: &Path, c
     let mut builds = vec![("lbd", lbd)];
     builds.extend(baseline.map(|b| ("lbd-baseline", b)));
     let mut out = Vec::new();
+    std::fs::create_dir_all(report_dir)?;
     // `--quick` checks the harness with HTTP/1.1 alone (each count starts lbd under valgrind).
     let protos: &[&'static str] = if quick { &["h1"] } else { &["h1", "h2"] };
     for &proto in protos {
@@ -42,7 +43,6 @@ pub fn run(lbd: &Path, baseline: Option<&Path>, dir: &Path, report_dir: &Path, c
             let d = dir.join(format!("insns-{name}-{proto}"));
             std::fs::create_dir_all(&d)?;
             let counted = count(bin, name, proto, &d, certs, backend, requests(quick)).with_context(|| format!("request-insns {proto} against {name}"))?;
-            std::fs::create_dir_all(report_dir)?;
             std::fs::copy(d.join("callgrind.out.1"), report_dir.join(format!("callgrind-{name}-{proto}.out")))?;
             eprintln!("request-insns {proto:>2} {name:>12}: {:.0} instructions, {:.1} mallocs per request", counted.instructions as f64 / counted.requests as f64, counted.mallocs as f64 / counted.requests as f64);
             out.push(counted);

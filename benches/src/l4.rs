@@ -209,15 +209,10 @@ fn contender(name: &str, lbd: &Path, dir: &Path) -> anyhow::Result<Proc> {
                 cmd.args(["--xdp-interface", CLIENT_LINK, "--xdp-interface", MEMBER_LINK]);
             }
             cmd.env("LBD_STATE_DIR", &state).env("LBD_LOG", "warn").stderr(std::fs::File::create(dir.join(format!("{name}.log")))?);
-            let p = spawn(&mut cmd)?;
+            let mut p = spawn(&mut cmd)?;
             let url = format!("http://127.0.0.1:{api}");
-            let started = Instant::now();
-            while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
-                if started.elapsed() > Duration::from_secs(20) {
-                    bail!("{name} did not start: {}", std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            crate::servers::wait_listening(name, api, &mut p.0, Duration::from_secs(20))
+                .with_context(|| format!("{name}'s log: {}", std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()))?;
             let password = std::fs::read_to_string(state.join("admin-password")).context("lbd admin password")?;
             let token = crate::servers::token(&url, password.trim())?;
             let lb = json!({"loadbalancer": {"name": "l4", "vip_address": VIP, "vip_subnet_id": format!("{CLIENT_LINK}-10.250.1.0"),

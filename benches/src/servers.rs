@@ -32,20 +32,8 @@ impl Server {
     }
 
     fn wait_listening(&mut self) -> anyhow::Result<()> {
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            // A server that cannot bind (the port taken since it was chosen) exits: say so
-            // rather than wait, or later talk to whatever holds the port.
-            if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited ({status}) before listening on port {}", self.name, self.port);
-            }
-            // Generous: lbd under valgrind takes several seconds to start.
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("{} did not listen on port {}", self.name, self.port);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        // Generous: lbd under valgrind takes several seconds to start.
+        wait_listening(self.name, self.port, &mut self.child, Duration::from_secs(60))
     }
 
     /// The first process (lbd itself, or nginx's and HAProxy's master).
@@ -110,8 +98,35 @@ pub fn forwards_bytes(name: &str) -> bool {
     name == "tcp-proxy" || is_raw(name)
 }
 
+/// Waits until something accepts on 127.0.0.1:`port`, failing as soon as `child` (the server
+/// meant to listen there) exits: a server that cannot bind (the port taken since it was chosen)
+/// exits, and waiting on would end up talking to whatever holds the port.
+pub fn wait_listening(name: &str, port: u16, child: &mut Child, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited ({status}) before listening on port {port}");
+        }
+        if started.elapsed() > timeout {
+            bail!("{name} did not listen on port {port} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A free loopback port, never the same one twice in this process (two servers asked for ports
+/// before either binds must not be given the same one).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn nginx(name: &'static str, dir: &Path, http_block: &str) -> anyhow::Result<Server> {
