@@ -3,6 +3,10 @@
 //! 2-vCPU machine, repeat to within a fraction of a per cent, so a change of a few per cent in
 //! lbd's own request path shows (with `--baseline`, before against after). Userspace only: the
 //! kernel's share (the socket calls, the same for every proxy) is not counted.
+//!
+//! Two counted runs, n and 2n requests, each on 8 new connections: the difference is n requests
+//! and nothing else, so the per-request figure holds no handshake; what the first run holds
+//! beyond its n requests is the 8 connections' setup (TLS handshake, accept, member checkout).
 
 use std::path::Path;
 use std::process::Command;
@@ -17,10 +21,16 @@ pub struct RequestInsns {
     pub contender: &'static str,
     /// `h1` or `h2`.
     pub proto: &'static str,
+    /// Requests in the shorter counted run (the longer one has twice as many).
     pub requests: u64,
-    pub instructions: u64,
-    pub mallocs: u64,
+    pub insns_per_request: f64,
+    pub mallocs_per_request: f64,
+    /// One new client connection's cost beyond its requests: handshake, accept, setup.
+    pub insns_per_connection: f64,
 }
+
+/// Client connections of each counted run.
+const CONNECTIONS: u64 = 8;
 
 /// Requests counted per (build, protocol), and the warm-up before them (handshakes, the member
 /// pool), not counted; `--quick` (a check of the harness) runs fewer, HTTP/1.1 only.
@@ -29,8 +39,9 @@ fn requests(quick: bool) -> (u64, u64) {
 }
 
 /// Counts `lbd` (and `baseline` as `lbd-baseline`) for HTTP/1.1 and h2 clients: 1 KiB
-/// responses from the nginx backend, `h2load -c 8` (h2: 10 streams per connection). Each
-/// count's callgrind dump is kept as `report_dir/callgrind-NAME-PROTO.out` for `callgrind_annotate`.
+/// responses from the nginx backend, `h2load -c 8` (h2: 10 streams per connection). The longer
+/// run's callgrind dump (2n requests, 8 connections) is kept as
+/// `report_dir/callgrind-NAME-PROTO.out` for `callgrind_annotate`.
 pub fn run(lbd: &Path, baseline: Option<&Path>, dir: &Path, report_dir: &Path, certs: &Certs, backend: u16, quick: bool) -> anyhow::Result<Vec<RequestInsns>> {
     let mut builds = vec![("lbd", lbd)];
     builds.extend(baseline.map(|b| ("lbd-baseline", b)));
@@ -43,8 +54,8 @@ pub fn run(lbd: &Path, baseline: Option<&Path>, dir: &Path, report_dir: &Path, c
             let d = dir.join(format!("insns-{name}-{proto}"));
             std::fs::create_dir_all(&d)?;
             let counted = count(bin, name, proto, &d, certs, backend, requests(quick)).with_context(|| format!("request-insns {proto} against {name}"))?;
-            std::fs::copy(d.join("callgrind.out.1"), report_dir.join(format!("callgrind-{name}-{proto}.out")))?;
-            eprintln!("request-insns {proto:>2} {name:>12}: {:.0} instructions, {:.1} mallocs per request", counted.instructions as f64 / counted.requests as f64, counted.mallocs as f64 / counted.requests as f64);
+            std::fs::copy(d.join("callgrind.out.2"), report_dir.join(format!("callgrind-{name}-{proto}.out")))?;
+            eprintln!("request-insns {proto:>2} {name:>12}: {:.0} instructions, {:.1} mallocs per request; {:.0} instructions per connection", counted.insns_per_request, counted.mallocs_per_request, counted.insns_per_connection);
             out.push(counted);
         }
     }
@@ -60,24 +71,40 @@ fn count(bin: &Path, name: &'static str, proto: &'static str, dir: &Path, certs:
     h2load(&url, proto, warm_up)?;
     let pid = server.pid().to_string();
     crate::run(Command::new("callgrind_control").args(["-z", &pid]))?;
-    let requests = h2load(&url, proto, n)?;
-    crate::run(Command::new("callgrind_control").args(["-d", &pid]))?;
-    // The dump after zeroing: callgrind numbers its dumps from 1.
-    let dump = dir.join("callgrind.out.1");
-    let started = Instant::now();
-    while !dump.exists() && started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Each dump also zeroes the counters; callgrind numbers its dumps from 1.
+    let counted_run = |i: u32, requests: u64| -> anyhow::Result<(u64, u64)> {
+        h2load(&url, proto, requests)?;
+        crate::run(Command::new("callgrind_control").args(["-d", &pid]))?;
+        let dump = dir.join(format!("callgrind.out.{i}"));
+        let started = Instant::now();
+        while !dump.exists() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let text = std::fs::read_to_string(&dump).with_context(|| format!("reading {}", dump.display()))?;
+        parse(&text).with_context(|| format!("parsing {}", dump.display()))
+    };
+    let (i1, m1) = counted_run(1, n)?;
+    let (i2, m2) = counted_run(2, 2 * n)?;
     drop(server);
-    let text = std::fs::read_to_string(&dump).with_context(|| format!("reading {}", dump.display()))?;
-    let (instructions, mallocs) = parse(&text)?;
-    Ok(RequestInsns { contender: name, proto, requests, instructions, mallocs })
+    if i2 <= i1 {
+        bail!("{i1} instructions for {n} requests, {i2} for {}: the longer run must count more", 2 * n);
+    }
+    let insns_per_request = (i2 - i1) as f64 / n as f64;
+    Ok(RequestInsns {
+        contender: name,
+        proto,
+        requests: n,
+        insns_per_request,
+        mallocs_per_request: m2.saturating_sub(m1) as f64 / n as f64,
+        insns_per_connection: (i1 as f64 - n as f64 * insns_per_request) / CONNECTIONS as f64,
+    })
 }
 
 /// Runs `n` requests; returns how many succeeded (all must).
 fn h2load(url: &str, proto: &str, n: u64) -> anyhow::Result<u64> {
     let count = n.to_string();
-    let mut args = vec!["-n", &count, "-c", "8", "-t", "1"];
+    let connections = CONNECTIONS.to_string();
+    let mut args = vec!["-n", &count, "-c", &connections, "-t", "1"];
     args.extend(if proto == "h1" { &["--h1"][..] } else { &["-m", "10"][..] });
     args.push(url);
     let load = crate::load::h2load_run(&args, 0.0)?;
