@@ -61,7 +61,10 @@ async fn fill(from: &TcpStream, from_fd: RawFd, pipe_w: RawFd, to: &TcpStream, e
             // A non-data record is next: splice refuses it (EINVAL, or EIO on some kernels).
             Err(e) if ends.from_ktls && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIO)) => {
                 let mut buf = vec![0u8; 16 * 1024];
-                match retry(from, Interest::READABLE, || read_record(from_fd, &mut buf)).await? {
+                // SAFETY: u8 and MaybeUninit<u8> share their layout, and read_record lets only the
+                // kernel write into it, initialised bytes.
+                let dst = unsafe { &mut *(buf.as_mut_slice() as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+                match retry(from, Interest::READABLE, || read_record(from_fd, dst)).await? {
                     Record::Closed => return Ok(None),
                     Record::Data(n) => write_all(to, &buf[..n]).await?,
                     Record::Skipped => {}

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::mem::{size_of, zeroed};
+use std::mem::{MaybeUninit, size_of, zeroed};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -287,8 +287,9 @@ impl Zeroize for CryptoInfo {
 
 /// Reads one record's worth of plaintext from an offloaded socket, reporting its content type.
 /// Non-application records (alerts, handshake messages) arrive only through this call: a plain
-/// `read` would fail with EIO on them.
-pub fn recv_record(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, u8)> {
+/// `read` would fail with EIO on them. `buf` need not be initialised: the kernel writes the
+/// bytes whose count it returns, and nothing else.
+pub fn recv_record(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<(usize, u8)> {
     // Room for one cmsghdr carrying one byte, 8-byte aligned.
     let mut control = [0u64; 4];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };

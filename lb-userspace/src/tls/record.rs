@@ -57,7 +57,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for RecordReader<IO> {
         }
         let limit = if this.body_left > 0 { this.body_left } else { HEADER_LEN - this.header_filled };
         let limit = limit.min(buf.remaining());
-        let mut limited = ReadBuf::new(&mut buf.initialize_unfilled()[..limit]);
+        let mut limited = ReadBuf::new(buf.initialize_unfilled_to(limit));
         std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut limited))?;
         let n = limited.filled().len();
         if this.body_left > 0 {

@@ -3,6 +3,7 @@
 //! no TLS at all.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -49,9 +50,13 @@ pub enum Record {
 }
 
 /// Reads one record from an offloaded socket into `buf`, turning control records into EOF or
-/// errors. Plain `read(2)` would fail with EIO on them.
-pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Record> {
+/// errors. Plain `read(2)` would fail with EIO on them. `buf` need not be initialised (a reader's
+/// spare capacity: hyper's grows to hundreds of KiB, and zeroing it before every read cost more
+/// than the copy); `Record::Data(n)` means its first `n` bytes are.
+pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<Record> {
     let (n, kind) = offload::recv_record(fd, buf)?;
+    // SAFETY: recvmsg wrote the first n bytes of buf.
+    let buf = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
     match kind {
         record_type::APPLICATION_DATA if n == 0 => Ok(Record::Closed),
         record_type::APPLICATION_DATA => Ok(Record::Data(n)),
@@ -134,9 +139,12 @@ impl AsyncRead for KtlsStream {
         let fd = this.io.as_raw_fd();
         loop {
             ready!(this.io.poll_read_ready(cx))?;
-            let dst = buf.initialize_unfilled();
+            // SAFETY: only the kernel writes into the unfilled part, and only initialised bytes.
+            let dst = unsafe { buf.unfilled_mut() };
             match this.io.try_io(Interest::READABLE, || read_record(fd, dst)) {
                 Ok(Record::Data(n)) => {
+                    // SAFETY: read_record reported n bytes written at the start of the unfilled part.
+                    unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
