@@ -115,19 +115,7 @@ pub fn wait_listening(name: &str, port: u16, child: &mut Child, timeout: Duratio
     Ok(())
 }
 
-/// A free loopback port, never the same one twice in this process (two servers asked for ports
-/// before either binds must not be given the same one).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
+pub use lb_tests::free_port;
 
 fn nginx(name: &'static str, dir: &Path, http_block: &str) -> anyhow::Result<Server> {
     std::fs::create_dir_all(dir.join("tmp"))?;
