@@ -51,8 +51,9 @@ pub enum Record {
 
 /// Reads one record from an offloaded socket into `buf`, turning control records into EOF or
 /// errors. Plain `read(2)` would fail with EIO on them. `buf` need not be initialised (a reader's
-/// spare capacity: hyper's grows to hundreds of KiB, and zeroing it before every read cost more
-/// than the copy); `Record::Data(n)` means its first `n` bytes are.
+/// spare capacity: hyper hands over all of its read buffer's, which grows to hundreds of KiB, in
+/// a fresh `ReadBuf` for every read, so zeroing it first would be work for nothing);
+/// `Record::Data(n)` means its first `n` bytes are.
 pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<Record> {
     let (n, kind) = offload::recv_record(fd, buf)?;
     // SAFETY: recvmsg wrote the first n bytes of buf.
