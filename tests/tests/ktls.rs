@@ -209,6 +209,45 @@ async fn ciphers_kept_in_userspace_by_policy_or_switch_are_counted() {
     assert_eq!(metric(&m, r#"lb_tls_connections_total{offload="userspace",reason="disabled_by_config"}"#), 1.0, "{m}");
 }
 
+/// A raw-mode upload that lasts longer than the listener's inactivity timeouts, to a member that
+/// says nothing until it has read all of it: the connection is busy one way, not idle, so the
+/// member's late answer must reach the client (over kTLS: the spliced path, whose two
+/// directions share one inactivity clock; without kTLS: the userspace copy loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_mode_upload_longer_than_the_timeouts_gets_the_members_late_answer() {
+    let _serial = serial().await;
+    let member = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let member_addr = member.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = member.accept().await.unwrap();
+        let mut got = Vec::new();
+        tcp.read_to_end(&mut got).await.unwrap();
+        tcp.write_all(format!("received {}", got.len()).as_bytes()).await.unwrap();
+        tcp.shutdown().await.unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut state = lb_tests::fixture::state(port, &[member_addr], tls_with(dir.path(), vec![], &[]), PoolProtocol::Tcp);
+    let timeouts = &mut state.load_balancers[0].listeners[0].timeouts;
+    (timeouts.client_data, timeouts.member_data) = (Duration::from_millis(1500), Duration::from_millis(1500));
+    let daemon = Daemon::start(KtlsMode::Auto);
+    assert_eq!(daemon.apply(&state).await.listeners["l1"], Ok(()));
+    let before = kernel_snapshot();
+
+    let mut tls = client::connect(port, "a.example", client::config(&[&rustls::version::TLS13], None, &[])).await.unwrap();
+    // 4 s of upload, while the member is silent: well past both timeouts.
+    for _ in 0..16 {
+        tls.write_all(&[0x5a; 64 * 1024]).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tls.shutdown().await.unwrap();
+    let mut answer = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), tls.read_to_string(&mut answer)).await.expect("the answer or the end of the connection");
+    assert_eq!((read.map(|_| ()).map_err(|e| e.to_string()), answer.as_str()), (Ok(()), "received 1048576"));
+    assert_record_path(&before, &daemon, 1).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_mode_moves_a_gigabyte_each_way_intact() {
     let _serial = serial().await;

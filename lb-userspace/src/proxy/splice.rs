@@ -1,13 +1,16 @@
 //! Raw forwarding between an offloaded (kTLS) client socket and a member socket with
 //! `splice(2)`: socket → pipe → socket, so payload bytes never enter userspace.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::tls::offload;
 use crate::tls::stream::{Record, read_record, send_close_notify};
@@ -24,23 +27,59 @@ pub struct Ends {
     pub to_ktls: bool,
 }
 
+/// When either direction of a spliced connection last moved a byte. The connection is idle only
+/// when neither has for the limit, as on the copying path ([`super::io::Idle`]): a long upload
+/// whose member answers only at its end, or a long download from a silent client, is not idle.
+pub struct Activity {
+    limit: Duration,
+    origin: Instant,
+    /// Milliseconds from `origin` to the last byte moved.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new(limit: Duration) -> Self {
+        Activity { limit, origin: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.fetch_max(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn deadline(&self) -> Instant {
+        self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + self.limit
+    }
+
+    /// Runs `op` to completion, or fails with `TimedOut` (saying `what` stalled) once neither
+    /// direction has moved a byte for the limit.
+    async fn bound<T>(&self, what: &str, op: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        tokio::pin!(op);
+        loop {
+            match tokio::time::timeout_at(self.deadline(), &mut op).await {
+                Ok(done) => return done,
+                // The other direction moved bytes meanwhile: the connection is not idle.
+                Err(_) if self.deadline() > Instant::now() => continue,
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{what} for {:?}", self.limit))),
+            }
+        }
+    }
+}
+
 /// Moves bytes from `from` to `to` until EOF (TCP FIN or close_notify), then half-closes `to`.
-pub async fn pump(from: &TcpStream, to: &TcpStream, ends: Ends, idle: Duration, counter: Counter) -> io::Result<u64> {
+/// Fails once the connection is idle (`activity`, shared with the other direction's pump).
+pub async fn pump(from: &TcpStream, to: &TcpStream, ends: Ends, activity: &Activity, counter: Counter) -> io::Result<u64> {
     let (pipe_r, pipe_w) = offload::pipe(PIPE_SIZE)?;
     let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
     let mut total = 0u64;
     loop {
-        let filled = tokio::time::timeout(idle, fill(from, from_fd, pipe_w.as_raw_fd(), to, ends))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no data for {idle:?}")))??;
+        let filled = activity.bound("no data", fill(from, from_fd, pipe_w.as_raw_fd(), to, ends)).await?;
         let Some(mut in_pipe) = filled else { break };
+        activity.touch();
         total += in_pipe as u64;
         counter.inc_by(in_pipe as u64);
         while in_pipe > 0 {
-            let n = tokio::time::timeout(idle, retry(to, Interest::WRITABLE, || offload::splice(pipe_r.as_raw_fd(), to_fd, in_pipe)))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("peer stopped reading for {idle:?}")))??;
-            in_pipe -= n;
+            in_pipe -= activity.bound("peer stopped reading", retry(to, Interest::WRITABLE, || offload::splice(pipe_r.as_raw_fd(), to_fd, in_pipe))).await?;
+            activity.touch();
         }
     }
     if ends.to_ktls {
@@ -94,5 +133,63 @@ async fn retry<T>(sock: &TcpStream, interest: Interest, mut op: impl FnMut() -> 
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected loopback pair: (the far end, lbd's end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let far = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        (far, listener.accept().await.unwrap().0)
+    }
+
+    const PLAIN: Ends = Ends { from_ktls: false, to_ktls: false };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_longer_than_the_limit_is_not_idle_while_the_member_is_silent() {
+        let ((mut client, lbd_client), (lbd_member, mut member)) = (pair().await, pair().await);
+        let activity = Activity::new(Duration::from_millis(400));
+        let peers = async {
+            // 1.2 s of upload, three limits, while the member says nothing; then it answers.
+            for _ in 0..12 {
+                client.write_all(&[7; 1024]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            member.read_to_end(&mut got).await.unwrap();
+            member.write_all(format!("{}", got.len()).as_bytes()).await.unwrap();
+            member.shutdown().await.unwrap();
+            let mut answer = String::new();
+            client.read_to_string(&mut answer).await.unwrap();
+            answer
+        };
+        let up = pump(&lbd_client, &lbd_member, PLAIN, &activity, Counter::default());
+        let down = pump(&lbd_member, &lbd_client, PLAIN, &activity, Counter::default());
+        // Were the silent direction's pump to give up, the answer would never arrive.
+        let (answer, up, down) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(peers, up, down) }).await.expect("the member's answer reaches the client");
+        assert_eq!((answer.as_str(), up.unwrap(), down.unwrap()), ("12288", 12288, 5));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_silent_both_ways_times_out_after_the_limit() {
+        let ((_client, lbd_client), (lbd_member, _member)) = (pair().await, pair().await);
+        let activity = Activity::new(Duration::from_millis(300));
+        let started = Instant::now();
+        let up = pump(&lbd_client, &lbd_member, PLAIN, &activity, Counter::default());
+        let down = pump(&lbd_member, &lbd_client, PLAIN, &activity, Counter::default());
+        let (up, down) = tokio::join!(up, down);
+        for r in [up, down] {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+            assert_eq!(e.to_string(), "no data for 300ms");
+        }
+        assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
     }
 }
