@@ -382,7 +382,7 @@ impl GuestInsns {
 
     fn section(&self, md: &mut String, summary: &mut String) -> anyhow::Result<()> {
         writeln!(md, "## guest-insns — kTLS versus userspace TLS, in guest instructions per byte\n")?;
-        writeln!(md, "A QEMU guest on Debian's kernel (which has kTLS), under TCG with our instruction-counting plugin (`benches/tcg-insns`, vCPUs on one TCG thread so counts are exact). One boot per mode and size runs `lb-guest-transfer`: a backend sends N bytes over TCP, lbd terminates TLS 1.3 AES-128-GCM in raw mode (`ktls`: splice between the sockets; `userspace`: rustls and a copy loop) or in HTTP mode (`-http`: hyper proxies one GET whose response body is the N bytes, over kTLS or rustls), a rustls client reads them. lbd's threads are pinned to vCPU 1, the backend's and the client's to vCPU 0. The plugin counts per vCPU, user and kernel, between two marks the program executes around the connection and its transfer. *Whole guest* is every vCPU (the client's decryption and copies, the backend's sends, lbd); *lbd's vCPU* is vCPU 1 alone: lbd's own instructions and the kernel work its system calls run, including the loopback delivery of what it sends — the guest's counterpart of the server CPU time measured on the host. Instructions per byte = (count(large) − count(small)) / (large − small), which leaves only the bytes' cost. Emulated timings mean nothing; instruction counts do not depend on them.\n")?;
+        writeln!(md, "A QEMU guest on Debian's kernel (which has kTLS), under TCG with our instruction-counting plugin (`benches/tcg-insns`, vCPUs on one TCG thread so counts are exact). One boot per mode and size runs `lb-guest-transfer`: a backend sends N bytes over TCP, lbd terminates TLS 1.3 AES-128-GCM in raw mode (`ktls`: splice between the sockets; `userspace`: rustls and a copy loop) or in HTTP mode (`-http`: hyper proxies one GET whose response body is the N bytes, over kTLS or rustls), a rustls client reads them. The `-upload` modes move the N bytes the other way: the rustls client sends them (in HTTP mode as one POST's body), lbd decrypts them (kTLS: the kernel, into lbd's buffer or, in raw mode, spliced on to the member; userspace: rustls) and the backend reads them. lbd's threads are pinned to vCPU 1, the backend's and the client's to vCPU 0. The plugin counts per vCPU, user and kernel, between two marks the program executes around the connection and its transfer. *Whole guest* is every vCPU (the client's decryption and copies, the backend's sends, lbd); *lbd's vCPU* is vCPU 1 alone: lbd's own instructions and the kernel work its system calls run, including the loopback delivery of what it sends — the guest's counterpart of the server CPU time measured on the host. Instructions per byte = (count(large) − count(small)) / (large − small), which leaves only the bytes' cost. Emulated timings mean nothing; instruction counts do not depend on them.\n")?;
         writeln!(md, "| mode | small transfer | large transfer | whole guest: instructions (small / large) | whole guest per byte | lbd's vCPU: instructions (small / large) | lbd's vCPU per byte |\n|---|---|---|---|---|---|---|")?;
         for (mode, runs) in &self.modes {
             if let (Some(s), Some(l), Some(w), Some(b)) = (runs.first(), runs.last(), self.per_byte(mode, Count::Whole), self.per_byte(mode, Count::Lbd)) {
@@ -391,12 +391,11 @@ impl GuestInsns {
         }
         writeln!(md)?;
         for (count, what) in [(Count::Lbd, "lbd's vCPU"), (Count::Whole, "whole guest")] {
-            let per = |mode| self.per_byte(mode, count);
-            if let (Some(k), Some(u)) = (per("ktls"), per("userspace")) {
-                writeln!(summary, "- guest instructions per byte ({what}), kTLS raw / userspace raw = {:.2} ({k:.2} vs {u:.2})", k / u)?;
-            }
-            if let (Some(k), Some(u)) = (per("ktls-http"), per("userspace-http")) {
-                writeln!(summary, "- guest instructions per byte ({what}), kTLS HTTP / userspace HTTP = {:.2} ({k:.2} vs {u:.2})", k / u)?;
+            for (suffix, kind) in [("", "raw"), ("-http", "HTTP"), ("-upload", "raw upload"), ("-http-upload", "HTTP upload")] {
+                let per = |path: &str| self.per_byte(&format!("{path}{suffix}"), count);
+                if let (Some(k), Some(u)) = (per("ktls"), per("userspace")) {
+                    writeln!(summary, "- guest instructions per byte ({what}), kTLS {kind} / userspace {kind} = {:.2} ({k:.2} vs {u:.2})", k / u)?;
+                }
             }
         }
         Ok(())

@@ -250,7 +250,7 @@ fn guest_sizes(quick: bool) -> (u64, u64) {
     if quick { (1 << 20, 9 << 20) } else { (16 << 20, 272 << 20) }
 }
 
-/// The guest half of the benchmark: lbd's kTLS paths (raw and HTTP) against its userspace ones, in guest
+/// The guest half of the benchmark: lbd's kTLS paths (raw and HTTP, download and upload) against its userspace ones, in guest
 /// instructions per byte (whole guest, user + kernel, and lbd's vCPU alone), counted by our TCG plugin. Boots the
 /// guest once per (mode, size). Writes `out` (JSON) for lb-bench's report.
 fn guest_insns(quick: bool, profile: &str, out: &std::path::Path) -> anyhow::Result<()> {
@@ -259,8 +259,12 @@ fn guest_insns(quick: bool, profile: &str, out: &std::path::Path) -> anyhow::Res
     let library = target.join("liblb_tcg_insns.so");
     let (small, large) = guest_sizes(quick);
     let mut modes = serde_json::Map::new();
-    // `--quick` (CI's smoke run) boots raw mode only, to stay within its time.
-    let modes_run: &[&str] = if quick { &["userspace", "ktls"] } else { &["userspace", "ktls", "userspace-http", "ktls-http"] };
+    // `--quick` (CI's smoke run) boots the raw download only, to stay within its time.
+    let modes_run: &[&str] = if quick {
+        &["userspace", "ktls"]
+    } else {
+        &["userspace", "ktls", "userspace-http", "ktls-http", "userspace-upload", "ktls-upload", "userspace-http-upload", "ktls-http-upload"]
+    };
     for &mode in modes_run {
         let mut counts = Vec::new();
         for bytes in [small, large] {

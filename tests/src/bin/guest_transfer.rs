@@ -1,13 +1,16 @@
-//! `lb-guest-transfer --mode ktls|userspace|ktls-http|userspace-http --bytes N`: one bulk
-//! download through lbd's data plane in this process, for `cargo xtask bench`'s guest
-//! instruction counts. A backend sends N bytes from a static buffer over plain TCP; lbd
-//! terminates TLS 1.3 AES-128-GCM either in raw mode (TCP pool: splice(2) between the sockets
-//! when kTLS is on, a copy loop through rustls when off) or, for the `-http` modes, in HTTP mode
-//! (HTTP pool: hyper proxies one GET whose response body is the N bytes, over kTLS or rustls);
-//! a rustls client reads the N bytes and discards them. Everything else (boot, start-up,
-//! handshake, headers) is the same for every N, so the difference between two sizes is the cost
-//! of the bytes alone. Exits non-zero if the bytes did not all arrive or the TLS path was not
-//! the one asked for.
+//! `lb-guest-transfer --mode ktls|userspace[-http][-upload] --bytes N`: one bulk transfer
+//! through lbd's data plane in this process, for `cargo xtask bench`'s guest instruction
+//! counts. lbd terminates TLS 1.3 AES-128-GCM either in raw mode (TCP pool: splice(2) between
+//! the sockets when kTLS is on, a copy loop through rustls when off) or, for the `-http` modes,
+//! in HTTP mode (HTTP pool: hyper proxies one request, over kTLS or rustls).
+//! - Download (no suffix): a backend sends N bytes from a static buffer over plain TCP (in
+//!   HTTP mode as the body of its answer to one GET); a rustls client reads and discards them.
+//! - `-upload`: the rustls client sends N bytes (in HTTP mode as the body of one POST); the
+//!   backend reads and discards them, then answers with the count it received.
+//!
+//! Everything else (boot, start-up, handshake, headers) is the same for every N, so the
+//! difference between two sizes is the cost of the bytes alone. Exits non-zero if the bytes
+//! did not all arrive or the TLS path was not the one asked for.
 //!
 //! lbd's threads (its runtime, and every thread it starts) run on CPU 1 only; the backend's and
 //! the client's on CPU 0 only. With the TCG plugin's per-vCPU counts, vCPU 1's instructions are
@@ -21,6 +24,7 @@ use lb_tests::client;
 use lb_tests::fixture::{bundle, serve, tls_settings};
 use lb_userspace::daemon::{Daemon, KtlsMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The CPU lbd runs on; the backend and the client run on [`PEERS_CPU`].
 const LBD_CPU: usize = 1;
@@ -78,44 +82,25 @@ async fn peers_task(lbd: tokio::runtime::Handle) -> anyhow::Result<()> {
     let flags = lb_tests::flags(&["--mode", "--bytes"])?;
     let mode = flags.get("--mode").cloned().unwrap_or_default();
     let bytes: u64 = flags.get("--bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let (ktls, http) = match mode.as_str() {
+    let (path, upload) = match mode.strip_suffix("-upload") {
+        Some(path) => (path, true),
+        None => (mode.as_str(), false),
+    };
+    let (ktls, http) = match path {
         "ktls" => (KtlsMode::Auto, false),
         "userspace" => (KtlsMode::Off, false),
         "ktls-http" => (KtlsMode::Auto, true),
         "userspace-http" => (KtlsMode::Off, true),
-        other => anyhow::bail!("--mode ktls|userspace|ktls-http|userspace-http, not {other:?}"),
+        _ => anyhow::bail!("--mode ktls|userspace|ktls-http|userspace-http, each optionally with -upload, not {mode:?}"),
     };
+    let transfer = Transfer { bytes, http };
 
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let backend_addr = backend.local_addr()?;
     tokio::spawn(async move {
-        static CHUNK: [u8; 64 * 1024] = [0x5a; 64 * 1024];
-        while let Ok((mut tcp, _)) = backend.accept().await {
+        while let Ok((tcp, _)) = backend.accept().await {
             tokio::spawn(async move {
-                if http {
-                    // One request: read its head, answer with the N bytes as the body.
-                    let mut head = Vec::new();
-                    let mut b = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tcp.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&b[..n]),
-                        }
-                    }
-                    let status = format!("HTTP/1.1 200 OK\r\ncontent-length: {bytes}\r\ncontent-type: application/octet-stream\r\n\r\n");
-                    if tcp.write_all(status.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-                let mut left = bytes;
-                while left > 0 {
-                    let n = left.min(CHUNK.len() as u64) as usize;
-                    if tcp.write_all(&CHUNK[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n as u64;
-                }
-                let _ = tcp.shutdown().await;
+                let _ = if upload { transfer.receive_at_backend(tcp).await } else { transfer.send_from_backend(tcp).await };
             });
         }
     });
@@ -127,39 +112,147 @@ async fn peers_task(lbd: tokio::runtime::Handle) -> anyhow::Result<()> {
     let cfg = client::config(&[&rustls::version::TLS13], Some(vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256]), &[]);
     // The measured window: the connection, its handshake and the transfer (lbd is running).
     start_mark();
-    let mut tls = client::connect(port, "a.example", cfg).await?;
-    if http {
-        tls.write_all(b"GET /bulk HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n").await?;
-    }
-    let mut buf = vec![0u8; 256 * 1024];
-    let (mut got, mut head, mut in_body) = (0u64, Vec::new(), !http);
-    loop {
-        let n = tls.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        if in_body {
-            got += n as u64;
-            continue;
-        }
-        // HTTP mode: the response head comes first; count only the body after it.
-        head.extend_from_slice(&buf[..n]);
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) {
-            got += (head.len() - end) as u64;
-            head.truncate(end);
-            in_body = true;
-        }
-    }
+    let tls = client::connect(port, "a.example", cfg).await?;
+    let got = if upload { transfer.upload(tls).await } else { transfer.download(tls).await };
     stop_mark();
-    if http {
-        let head = String::from_utf8_lossy(&head);
-        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "response: {head}");
-    }
-    anyhow::ensure!(got == bytes, "received {got} of {bytes} bytes");
+    let got = got?;
+    anyhow::ensure!(got == bytes, "{} {got} of {bytes} bytes", if upload { "the backend received" } else { "received" });
     let metrics = daemon.metrics.encode();
     let offloaded = metrics.lines().any(|l| l.starts_with("lb_tls_connections_total{offload=\"ktls\"") && !l.ends_with(" 0"));
     anyhow::ensure!(offloaded == mode.starts_with("ktls"), "mode {mode} but the connection was {}offloaded:\n{metrics}", if offloaded { "" } else { "not " });
     println!("lb-guest-transfer: {mode}: {got} bytes, offloaded={offloaded}");
     drop(Arc::clone(&daemon));
+    Ok(())
+}
+
+/// The N bytes every run moves, from a static buffer.
+static CHUNK: [u8; 64 * 1024] = [0x5a; 64 * 1024];
+
+/// What one run moves: `bytes`, as raw bytes or (`http`) as one request's or response's body.
+#[derive(Clone, Copy)]
+struct Transfer {
+    bytes: u64,
+    http: bool,
+}
+
+impl Transfer {
+    /// Download, backend side: (HTTP: after one request's head) sends the N bytes and closes.
+    async fn send_from_backend(self, mut tcp: TcpStream) -> std::io::Result<()> {
+        if self.http {
+            read_head(&mut tcp).await?;
+            tcp.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\n\r\n", self.bytes).as_bytes()).await?;
+        }
+        write_bytes(&mut tcp, self.bytes).await?;
+        tcp.shutdown().await
+    }
+
+    /// Upload, backend side: reads the N bytes (HTTP: one POST's body), then answers with how
+    /// many arrived (HTTP: as a 200 response's body) and closes.
+    async fn receive_at_backend(self, mut tcp: TcpStream) -> std::io::Result<()> {
+        let mut got = if self.http { read_head(&mut tcp).await?.1 as u64 } else { 0 };
+        let mut buf = vec![0u8; 256 * 1024];
+        while got < self.bytes {
+            match tcp.read(&mut buf).await? {
+                0 => break,
+                n => got += n as u64,
+            }
+        }
+        let count = got.to_string();
+        if self.http {
+            tcp.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", count.len()).as_bytes()).await?;
+        }
+        tcp.write_all(count.as_bytes()).await?;
+        tcp.shutdown().await
+    }
+
+    /// Download, client side: (HTTP: sends one GET) reads to the end; returns the body's length.
+    async fn download(self, mut tls: Client) -> anyhow::Result<u64> {
+        if self.http {
+            tls.write_all(b"GET /bulk HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n").await?;
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut got, mut head, mut in_body) = (0u64, Vec::new(), !self.http);
+        loop {
+            let n = tls.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            if in_body {
+                got += n as u64;
+                continue;
+            }
+            // HTTP mode: the response head comes first; count only the body after it.
+            head.extend_from_slice(&buf[..n]);
+            if let Some(end) = head_end(&head) {
+                got += (head.len() - end) as u64;
+                head.truncate(end);
+                in_body = true;
+            }
+        }
+        if self.http {
+            ensure_ok(&head)?;
+        }
+        Ok(got)
+    }
+
+    /// Upload, client side: (HTTP: as one POST's body) sends the N bytes and reads the answer to
+    /// the end; returns the count the backend reported.
+    async fn upload(self, mut tls: Client) -> anyhow::Result<u64> {
+        if self.http {
+            tls.write_all(format!("POST /bulk HTTP/1.1\r\nhost: a.example\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", self.bytes).as_bytes()).await?;
+        }
+        write_bytes(&mut tls, self.bytes).await?;
+        tls.flush().await?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await?;
+        let body = if self.http {
+            let end = head_end(&answer).ok_or_else(|| anyhow::anyhow!("no response head in {:?}", String::from_utf8_lossy(&answer)))?;
+            ensure_ok(&answer[..end])?;
+            &answer[end..]
+        } else {
+            &answer[..]
+        };
+        let body = String::from_utf8_lossy(body);
+        body.parse().map_err(|_| anyhow::anyhow!("the backend's count is {body:?}"))
+    }
+}
+
+type Client = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Writes `bytes` bytes from [`CHUNK`].
+async fn write_bytes(to: &mut (impl AsyncWriteExt + Unpin), mut bytes: u64) -> std::io::Result<()> {
+    while bytes > 0 {
+        let n = bytes.min(CHUNK.len() as u64) as usize;
+        to.write_all(&CHUNK[..n]).await?;
+        bytes -= n as u64;
+    }
+    Ok(())
+}
+
+/// Reads one HTTP head; returns it and how many body bytes came after it in the same reads.
+async fn read_head(tcp: &mut TcpStream) -> std::io::Result<(Vec<u8>, usize)> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1024];
+    loop {
+        if let Some(end) = head_end(&head) {
+            let extra = head.len() - end;
+            head.truncate(end);
+            return Ok((head, extra));
+        }
+        match tcp.read(&mut b).await? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => head.extend_from_slice(&b[..n]),
+        }
+    }
+}
+
+/// Where the body starts, once `data` holds a whole HTTP head.
+fn head_end(data: &[u8]) -> Option<usize> {
+    data.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+fn ensure_ok(head: &[u8]) -> anyhow::Result<()> {
+    let head = String::from_utf8_lossy(head);
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "response: {head}");
     Ok(())
 }
