@@ -57,6 +57,9 @@ impl Daemon {
             let names: Vec<&str> = policy.userspace_ciphers.iter().map(|c| c.name()).collect();
             tracing::info!("kTLS policy keeps {} in userspace", names.join(", "));
         }
+        if policy.client_rx_no_pad && policy.may_offload() {
+            tracing::info!("kTLS: clients' TLS 1.3 records are expected unpadded and decrypted straight into lbd's buffers (TLS_RX_EXPECT_NO_PAD)");
+        }
         match &policy.capabilities.ulp {
             Ok(()) => tracing::info!("{}", policy.capabilities.summary()),
             Err(_) => tracing::warn!(

@@ -45,6 +45,12 @@ enum Command {
         /// them (aes-128-gcm, aes-256-gcm, chacha20-poly1305); repeatable.
         #[arg(long = "ktls-userspace-cipher", value_parser = parse_cipher)]
         ktls_userspace_ciphers: Vec<KernelCipher>,
+        /// Have the kernel decrypt clients' TLS 1.3 records straight into lbd's buffers
+        /// (TLS_RX_EXPECT_NO_PAD, Linux 6.0+): one copy less per received byte, but a client
+        /// that pads its records makes the kernel decrypt them twice (counted as TlsDecryptRetry
+        /// in /proc/net/tls_stat). Member connections always have it.
+        #[arg(long, env = "LBD_KTLS_RX_EXPECT_NO_PAD")]
+        ktls_rx_expect_no_pad: bool,
         /// Attach lb's XDP program to this interface (native mode, else generic); repeatable.
         /// Detached when lbd exits.
         #[arg(long = "xdp-interface", env = "LBD_XDP_INTERFACE")]
@@ -174,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_secret_bytes,
             ktls,
             ktls_userspace_ciphers,
+            ktls_rx_expect_no_pad,
             xdp_interfaces,
             xdp_object,
             xdp_table_size,
@@ -185,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let public_url = public_url.unwrap_or_else(|| format!("http://{api_listen}")).trim_end_matches('/').to_string();
             let mut policy = ktls.policy();
             policy.userspace_ciphers = ktls_userspace_ciphers;
+            policy.client_rx_no_pad = ktls_rx_expect_no_pad;
             let xdp = match xdp_interfaces.is_empty() {
                 true => None,
                 false => {

@@ -16,6 +16,7 @@ use lb_common::model::*;
 use lb_tests::fixture::*;
 use lb_tests::{bulk, client, free_port, metric, sh};
 use lb_userspace::daemon::{Daemon, KtlsMode};
+use lb_userspace::tls::accept::OffloadPolicy;
 use lb_userspace::tls::offload::{self, KernelCipher, record_type};
 use rustls::crypto::aws_lc_rs::cipher_suite as cs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -413,7 +414,7 @@ async fn control_records_after_offload_end_connections_cleanly() {
     let version = conn.protocol_version().unwrap();
     let secrets = conn.dangerous_extract_secrets().unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
-    offload::install(fd, version, secrets).unwrap();
+    offload::install(fd, version, secrets, offload::RxPadding::Tolerated).unwrap();
     offload::send_record(fd, record_type::ALERT, &[2, 80]).unwrap(); // fatal internal_error
     let report = reports.recv().await.unwrap();
     assert_eq!(report.upload, "ok 1000", "bytes before the alert arrive intact: {report:?}");
@@ -434,6 +435,38 @@ async fn control_records_after_offload_end_connections_cleanly() {
 
     // Three lbd sockets, plus the client socket that sent the alert through its own kTLS.
     assert_offloaded(&before, 4).await;
+}
+
+/// `--ktls-rx-expect-no-pad`: the kernel decrypts a client's TLS 1.3 records straight into lbd's
+/// buffer, and decrypts again, counting `TlsDecryptRetry`, a record that turns out not to be
+/// application data (the client's close_notify here). Without the option it never tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn clients_records_are_decrypted_in_place_only_with_rx_expect_no_pad() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    for no_pad in [false, true] {
+        let policy = OffloadPolicy { client_rx_no_pad: no_pad, ..OffloadPolicy::probe() };
+        let (daemon, port) = serve(Daemon::start_with(policy), &[bulk::http_backend().await], tls_with(dir.path(), vec![], &[]), PoolProtocol::Http).await;
+        let before = TlsStat::now();
+        let cfg = client::config(&[&rustls::version::TLS13], None, &[b"http/1.1"]);
+        let mut tls = client::connect(port, "a.example", cfg).await.unwrap();
+        tls.write_all(b"GET /bytes?n=1000&seed=3 HTTP/1.1\r\nHost: a.example\r\n\r\n").await.unwrap();
+        let mut resp = Vec::new();
+        let mut buf = [0u8; 4096];
+        while resp.windows(4).position(|w| w == b"\r\n\r\n").is_none_or(|p| resp.len() < p + 4 + 1000) {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the response ended early: {}", String::from_utf8_lossy(&resp));
+            resp.extend_from_slice(&buf[..n]);
+        }
+        assert!(resp.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&resp));
+        tls.shutdown().await.unwrap(); // close_notify: an alert record
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest).await;
+        eventually("lbd to close the connection", || metric(&daemon.metrics.encode(), r#"lb_active_connections{listener="l1"}"#) == 0.0).await;
+        let delta = assert_offloaded(&before, 1).await;
+        assert_eq!(delta.get("TlsDecryptRetry"), no_pad.then_some(&1), "no_pad={no_pad}: {delta:?}");
+    }
 }
 
 /// One HTTP/1.1 request over `tls` with `Connection: close`; returns the verified body verdict.

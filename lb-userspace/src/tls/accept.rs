@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::config::suite_name;
-use super::offload::{self, Capabilities, KernelCipher, KernelVersion};
+use super::offload::{self, Capabilities, KernelCipher, KernelVersion, RxPadding};
 use super::peer::ClientCert;
 use super::record::RecordReader;
 use super::stream::{KtlsStream, PeerStream};
@@ -24,17 +24,21 @@ pub struct OffloadPolicy {
     pub capabilities: Capabilities,
     /// Ciphers that must stay in userspace even where the kernel could take them (policy).
     pub userspace_ciphers: Vec<KernelCipher>,
+    /// Tell the kernel that clients' TLS 1.3 records carry no padding, so that it decrypts them
+    /// straight into lbd's buffers (`lbd serve --ktls-rx-expect-no-pad`). Member connections
+    /// always do: members are the operator's own servers. See [`offload::RxPadding`].
+    pub client_rx_no_pad: bool,
 }
 
 impl OffloadPolicy {
     /// Userspace TLS only.
     pub fn disabled() -> Self {
-        OffloadPolicy { enabled: false, capabilities: Capabilities::none("disabled by configuration"), userspace_ciphers: vec![] }
+        OffloadPolicy { enabled: false, capabilities: Capabilities::none("disabled by configuration"), userspace_ciphers: vec![], client_rx_no_pad: false }
     }
 
     /// Probe the kernel and offload whatever it supports.
     pub fn probe() -> Self {
-        OffloadPolicy { enabled: true, capabilities: offload::probe(), userspace_ciphers: vec![] }
+        OffloadPolicy { enabled: true, capabilities: offload::probe(), userspace_ciphers: vec![], client_rx_no_pad: false }
     }
 
     /// Secret extraction is only switched on where it may be used.
@@ -115,7 +119,7 @@ pub fn decide(policy: &OffloadPolicy, version: Option<ProtocolVersion>, suite: S
 
 /// Hands a completed connection's record layer to the kernel: plaintext rustls already decrypted
 /// is kept to be served first, then the secrets leave rustls and TX+RX are installed.
-pub fn hand_over(io: RecordReader<TcpStream>, conn: impl Into<rustls::Connection>, version: ProtocolVersion) -> Result<KtlsStream, String> {
+pub fn hand_over(io: RecordReader<TcpStream>, conn: impl Into<rustls::Connection>, version: ProtocolVersion, padding: RxPadding) -> Result<KtlsStream, String> {
     let mut conn: rustls::Connection = conn.into();
     // With record-bounded reads nothing past the Finished message was read, but rustls may
     // still hold decrypted application data from the last record: serve it first.
@@ -127,7 +131,7 @@ pub fn hand_over(io: RecordReader<TcpStream>, conn: impl Into<rustls::Connection
     }
     let tcp = io.into_inner();
     let secrets = conn.dangerous_extract_secrets().map_err(|e| e.to_string())?;
-    offload::install(tcp.as_raw_fd(), version, secrets).map_err(|e| e.to_string())?;
+    offload::install(tcp.as_raw_fd(), version, secrets, padding).map_err(|e| e.to_string())?;
     Ok(KtlsStream::new(tcp, prefix))
 }
 
@@ -150,7 +154,8 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>, policy: &OffloadP
     let stream = match decision {
         Offload::Kernel => {
             let (io, conn) = tls.into_inner();
-            PeerStream::Ktls(hand_over(io, conn, version.expect("known version")).map_err(AcceptError::Offload)?)
+            let padding = if policy.client_rx_no_pad { RxPadding::NotExpected } else { RxPadding::Tolerated };
+            PeerStream::Ktls(hand_over(io, conn, version.expect("known version"), padding).map_err(AcceptError::Offload)?)
         }
         Offload::Userspace(_) => {
             tls.get_mut().0.uncork();

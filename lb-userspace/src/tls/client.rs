@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::accept::{Offload, OffloadPolicy, decide, hand_over};
+use super::offload::RxPadding;
 use super::config::{TlsConfigError, alpn, versions_and_provider};
 use super::record::RecordReader;
 use super::stream::PeerStream;
@@ -99,7 +100,8 @@ pub async fn connect(tcp: TcpStream, tls: &MemberTls, ip: IpAddr, policy: &Offlo
     let stream = match offload {
         Offload::Kernel => {
             let (io, conn) = stream.into_inner();
-            PeerStream::Ktls(hand_over(io, conn, version.expect("known version")).map_err(io::Error::other)?)
+            // Members are the operator's own servers: trusted not to pad their records.
+            PeerStream::Ktls(hand_over(io, conn, version.expect("known version"), RxPadding::NotExpected).map_err(io::Error::other)?)
         }
         Offload::Userspace(_) => {
             stream.get_mut().0.uncork();

@@ -177,9 +177,27 @@ impl InstallError {
     }
 }
 
+/// What the kernel may assume of a peer's TLS 1.3 records (`TLS_RX_EXPECT_NO_PAD`, Linux 6.0
+/// and later). A TLS 1.3 record's type and padding are inside its ciphertext, so by default the
+/// kernel decrypts each record into a buffer of its own and then copies the plaintext out.
+/// Expecting no padding, it decrypts straight into the reader's buffer, and decrypts again
+/// (the copying way) any record that turns out padded or not application data, which the
+/// kernel counts as `TlsDecryptRetry` in `/proc/net/tls_stat`. A peer that pads every record
+/// can thus make lbd decrypt its bytes twice: the kernel's documentation advises it only for
+/// trusted peers. rustls, OpenSSL, BoringSSL and Go's TLS do not pad.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxPadding {
+    /// The kernel's default: decrypt into its own buffer, then copy.
+    Tolerated,
+    /// Decrypt straight into the reader's buffer (TLS 1.3 only; ignored for TLS 1.2, whose
+    /// records the kernel decrypts in place anyway, and on kernels before 6.0).
+    NotExpected,
+}
+
 /// Installs TX and RX keys on `fd` (an established TCP socket whose handshake is complete and
-/// whose pending TLS output is flushed). The secrets are wiped whatever happens.
-pub fn install(fd: RawFd, version: ProtocolVersion, secrets: ExtractedSecrets) -> Result<(), InstallError> {
+/// whose pending TLS output is flushed), then, for TLS 1.3, what the kernel may expect of the
+/// peer's padding. The secrets are wiped whatever happens.
+pub fn install(fd: RawFd, version: ProtocolVersion, secrets: ExtractedSecrets, padding: RxPadding) -> Result<(), InstallError> {
     let version = KernelVersion::of(version).ok_or(InstallError::Unsupported("protocol version"))?;
     let ExtractedSecrets { tx: (tx_seq, tx), rx: (rx_seq, rx) } = secrets;
     let mut tx_info = CryptoInfo::new(version, &tx, tx_seq).ok_or(InstallError::Unsupported("cipher"))?;
@@ -187,11 +205,25 @@ pub fn install(fd: RawFd, version: ProtocolVersion, secrets: ExtractedSecrets) -
     let result = (|| {
         set_ulp(fd).map_err(InstallError::Ulp)?;
         tx_info.set(fd, libc::TLS_TX).map_err(InstallError::Tx)?;
-        rx_info.set(fd, libc::TLS_RX).map_err(InstallError::Rx)
+        rx_info.set(fd, libc::TLS_RX).map_err(InstallError::Rx)?;
+        if padding == RxPadding::NotExpected && version == KernelVersion::Tls13 {
+            // Kernels before 6.0 lack the option (ENOPROTOOPT): they keep decrypting the
+            // copying way, which is correct, only slower.
+            if let Err(e) = set_int(fd, libc::SOL_TLS, libc::TLS_RX_EXPECT_NO_PAD, 1) {
+                tracing::debug!("TLS_RX_EXPECT_NO_PAD not set: {e}");
+            }
+        }
+        Ok(())
     })();
     tx_info.zeroize();
     rx_info.zeroize();
     result
+}
+
+fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: value is a live c_int and its size is passed.
+    let rc = unsafe { libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 fn set_ulp(fd: RawFd) -> io::Result<()> {

@@ -2,7 +2,8 @@
 //! through lbd's data plane in this process, for `cargo xtask bench`'s guest instruction
 //! counts. lbd terminates TLS 1.3 AES-128-GCM either in raw mode (TCP pool: splice(2) between
 //! the sockets when kTLS is on, a copy loop through rustls when off) or, for the `-http` modes,
-//! in HTTP mode (HTTP pool: hyper proxies one request, over kTLS or rustls).
+//! in HTTP mode (HTTP pool: hyper proxies one request, over kTLS or rustls). lbd runs as with
+//! `--ktls-rx-expect-no-pad`: the kernel decrypts the client's records into lbd's buffers.
 //! - Download (no suffix): a backend sends N bytes from a static buffer over plain TCP (in
 //!   HTTP mode as the body of its answer to one GET); a rustls client reads and discards them.
 //! - `-upload`: the rustls client sends N bytes (in HTTP mode as the body of one POST); the
@@ -23,6 +24,7 @@ use lb_common::model::PoolProtocol;
 use lb_tests::client;
 use lb_tests::fixture::{bundle, serve, tls_settings};
 use lb_userspace::daemon::{Daemon, KtlsMode};
+use lb_userspace::tls::accept::OffloadPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -108,7 +110,9 @@ async fn peers_task(lbd: tokio::runtime::Handle) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let tls = tls_settings(bundle(dir.path(), "a.example"), vec![]);
     let pool = if http { PoolProtocol::Http } else { PoolProtocol::Tcp };
-    let (daemon, port) = lbd.spawn(async move { serve(Daemon::start(ktls), &[backend_addr], tls, pool).await }).await?;
+    // As `lbd serve --ktls-rx-expect-no-pad` (the client here, rustls, does not pad its records).
+    let policy = OffloadPolicy { client_rx_no_pad: true, ..ktls.policy() };
+    let (daemon, port) = lbd.spawn(async move { serve(Daemon::start_with(policy), &[backend_addr], tls, pool).await }).await?;
     let cfg = client::config(&[&rustls::version::TLS13], Some(vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256]), &[]);
     // The measured window: the connection, its handshake and the transfer (lbd is running).
     start_mark();
