@@ -238,7 +238,8 @@ pub fn lbd(bin: &Path, dir: &Path, certs: &Certs, backend: u16, name: &'static s
 }
 
 /// As [`lbd`], with `cmd` (lbd, or a wrapper such as valgrind followed by lbd) as the program.
-/// The contender's name says its mode: `lbd-ktls*` runs `--ktls auto` (else `--ktls off`),
+/// The contender's name says its mode: `lbd-ktls*` runs `--ktls auto --ktls-rx-expect-no-pad`
+/// (else `--ktls off`),
 /// `*-raw` forwards the decrypted bytes to the backend unparsed (a `TCP` pool: splice(2) between
 /// the sockets once kTLS holds the keys, rustls and a copy loop otherwise) instead of proxying
 /// HTTP with hyper.
@@ -248,6 +249,8 @@ pub fn lbd_run(mut cmd: Command, dir: &Path, certs: &Certs, backend: u16, name: 
     let (pool_protocol, alpn) = if is_raw(name) { ("TCP", json!(["http/1.1"])) } else { ("HTTP", json!(["h2", "http/1.1"])) };
     let state = dir.join(format!("{name}-state"));
     cmd.args(["serve", "--api-listen", &format!("127.0.0.1:{api}"), "--ktls", if ktls { "auto" } else { "off" }])
+        // The generators (OpenSSL, nghttp2, rustls) do not pad their records.
+        .args(ktls.then_some("--ktls-rx-expect-no-pad"))
         .env("LBD_STATE_DIR", &state)
         .env("LBD_LOG", "warn")
         .stdout(Stdio::null())
