@@ -184,7 +184,7 @@ impl InstallError {
 /// (the copying way) any record that turns out padded or not application data, which the
 /// kernel counts as `TlsDecryptRetry` in `/proc/net/tls_stat`. A peer that pads every record
 /// can thus make lbd decrypt its bytes twice: the kernel's documentation advises it only for
-/// trusted peers. rustls, OpenSSL, BoringSSL and Go's TLS do not pad.
+/// trusted peers. rustls does not pad, nor does OpenSSL unless configured to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RxPadding {
     /// The kernel's default: decrypt into its own buffer, then copy.
