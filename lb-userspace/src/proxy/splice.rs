@@ -99,13 +99,14 @@ async fn fill(from: &TcpStream, from_fd: RawFd, pipe_w: RawFd, to: &TcpStream, e
             Ok(n) => return Ok(Some(n)),
             // A non-data record is next: splice refuses it (EINVAL, or EIO on some kernels).
             Err(e) if ends.from_ktls && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIO)) => {
-                let mut buf = vec![0u8; 16 * 1024];
-                // SAFETY: u8 and MaybeUninit<u8> share their layout, and read_record lets only the
-                // kernel write into it, initialised bytes.
-                let dst = unsafe { &mut *(buf.as_mut_slice() as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-                match retry(from, Interest::READABLE, || read_record(from_fd, dst)).await? {
+                let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+                match retry(from, Interest::READABLE, || read_record(from_fd, buf.spare_capacity_mut())).await? {
                     Record::Closed => return Ok(None),
-                    Record::Data(n) => write_all(to, &buf[..n]).await?,
+                    Record::Data(n) => {
+                        // SAFETY: read_record reported its first n bytes written by the kernel.
+                        unsafe { buf.set_len(n) };
+                        write_all(to, &buf).await?
+                    }
                     Record::Skipped => {}
                 }
             }
