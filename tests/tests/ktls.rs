@@ -469,6 +469,58 @@ async fn clients_records_are_decrypted_in_place_only_with_rx_expect_no_pad() {
     }
 }
 
+/// A client that pads its TLS 1.3 records (`openssl s_client -record_padding`) is served
+/// correctly with `--ktls-rx-expect-no-pad`: the kernel's in-place decryption finds each padded
+/// record, counts it (`TlsRxNoPadViolation`, `TlsDecryptRetry`) and decrypts it again the normal
+/// way. Without the option the same client costs no retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn padded_client_records_are_decrypted_correctly_with_rx_expect_no_pad() {
+    const CHUNK: usize = 3000;
+    const N: usize = 30 * CHUNK;
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    for no_pad in [false, true] {
+        let policy = OffloadPolicy { client_rx_no_pad: no_pad, ..OffloadPolicy::probe() };
+        let (daemon, port) = serve(Daemon::start_with(policy), &[bulk::http_backend().await], tls_with(dir.path(), vec![], &[]), PoolProtocol::Http).await;
+        let before = TlsStat::now();
+        let out = blocking(move || {
+            let mut child = Command::new("openssl")
+                .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "a.example", "-tls1_3", "-record_padding", "512", "-quiet"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            write!(stdin, "POST /verify?seed=11 HTTP/1.1\r\nHost: a.example\r\nContent-Length: {N}\r\nConnection: close\r\n\r\n").unwrap();
+            let mut body = vec![0u8; N];
+            bulk::fill(11, 0, &mut body);
+            // Chunks written apart become records of about CHUNK bytes, none of them full, so
+            // each gets padding.
+            for chunk in body.chunks(CHUNK) {
+                stdin.write_all(chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.wait_with_output().unwrap()
+        })
+        .await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("HTTP/1.1 200") && text.ends_with(&format!("ok {N}")), "no_pad={no_pad}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        eventually("lbd to close the connection", || metric(&daemon.metrics.encode(), r#"lb_active_connections{listener="l1"}"#) == 0.0).await;
+        let delta = assert_offloaded(&before, 1).await;
+        let count = |name: &str| delta.get(name).copied().unwrap_or(0);
+        if no_pad {
+            // The kernel counts each padded data record as a violation of the promise, and
+            // decrypts it again.
+            assert!(count("TlsRxNoPadViolation") >= 10, "padded records were seen: {delta:?}");
+            assert!(count("TlsDecryptRetry") >= count("TlsRxNoPadViolation"), "{delta:?}");
+        } else {
+            assert_eq!((count("TlsRxNoPadViolation"), count("TlsDecryptRetry")), (0, 0), "{delta:?}");
+        }
+    }
+}
+
 /// One HTTP/1.1 request over `tls` with `Connection: close`; returns the verified body verdict.
 async fn get_and_close(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, n: usize) -> String {
     tls.write_all(format!("GET /bytes?n={n}&seed=3 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
