@@ -437,6 +437,12 @@ async fn control_records_after_offload_end_connections_cleanly() {
     assert_offloaded(&before, 4).await;
 }
 
+/// lbd proxying HTTP over TLS 1.3 with `--ktls-rx-expect-no-pad` on or off for clients.
+async fn no_pad_service(dir: &std::path::Path, no_pad: bool) -> (Arc<Daemon>, u16) {
+    let policy = OffloadPolicy { client_rx_no_pad: no_pad, ..OffloadPolicy::probe() };
+    serve(Daemon::start_with(policy), &[bulk::http_backend().await], tls_with(dir, vec![], &[]), PoolProtocol::Http).await
+}
+
 /// `--ktls-rx-expect-no-pad`: the kernel decrypts a client's TLS 1.3 records straight into lbd's
 /// buffer, and decrypts again, counting `TlsDecryptRetry`, a record that turns out not to be
 /// application data (the client's close_notify here). Without the option it never tries.
@@ -446,8 +452,7 @@ async fn clients_records_are_decrypted_in_place_only_with_rx_expect_no_pad() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     for no_pad in [false, true] {
-        let policy = OffloadPolicy { client_rx_no_pad: no_pad, ..OffloadPolicy::probe() };
-        let (daemon, port) = serve(Daemon::start_with(policy), &[bulk::http_backend().await], tls_with(dir.path(), vec![], &[]), PoolProtocol::Http).await;
+        let (daemon, port) = no_pad_service(dir.path(), no_pad).await;
         let before = TlsStat::now();
         let cfg = client::config(&[&rustls::version::TLS13], None, &[b"http/1.1"]);
         let mut tls = client::connect(port, "a.example", cfg).await.unwrap();
@@ -481,8 +486,7 @@ async fn padded_client_records_are_decrypted_correctly_with_rx_expect_no_pad() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     for no_pad in [false, true] {
-        let policy = OffloadPolicy { client_rx_no_pad: no_pad, ..OffloadPolicy::probe() };
-        let (daemon, port) = serve(Daemon::start_with(policy), &[bulk::http_backend().await], tls_with(dir.path(), vec![], &[]), PoolProtocol::Http).await;
+        let (daemon, port) = no_pad_service(dir.path(), no_pad).await;
         let before = TlsStat::now();
         let out = blocking(move || {
             let mut child = Command::new("openssl")
@@ -496,8 +500,8 @@ async fn padded_client_records_are_decrypted_correctly_with_rx_expect_no_pad() {
             write!(stdin, "POST /verify?seed=11 HTTP/1.1\r\nHost: a.example\r\nContent-Length: {N}\r\nConnection: close\r\n\r\n").unwrap();
             let mut body = vec![0u8; N];
             bulk::fill(11, 0, &mut body);
-            // Chunks written apart become records of about CHUNK bytes, none of them full, so
-            // each gets padding.
+            // Chunks written apart become records of a few KiB, short of the 16 KiB maximum, so
+            // s_client pads them (chunks it reads together may still fill a record unpadded).
             for chunk in body.chunks(CHUNK) {
                 stdin.write_all(chunk).unwrap();
                 std::thread::sleep(Duration::from_millis(20));
