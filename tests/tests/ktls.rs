@@ -140,18 +140,27 @@ fn curl_up_and_down(port: u16, dir: &std::path::Path, n: usize) {
     assert_eq!(v.verdict(), expected_verdict);
 }
 
-/// openssl s_client: one HTTP/1.1 request with `Connection: close`; lbd must end the connection
-/// with close_notify from the kernel for s_client to exit cleanly.
-fn s_client_get(port: u16, n: usize) {
+/// openssl s_client to lbd's `a.example` listener with `args` added: `send` writes its input,
+/// which then ends (`-quiet` ignores that end: s_client runs until lbd closes); returns its output.
+fn s_client(port: u16, args: &[&str], send: impl FnOnce(&mut std::process::ChildStdin)) -> std::process::Output {
     let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "a.example", "-quiet", "-ign_eof"])
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "a.example", "-quiet"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    write!(child.stdin.take().unwrap(), "GET /bytes?n={n}&seed=9 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    send(&mut child.stdin.take().unwrap());
+    child.wait_with_output().unwrap()
+}
+
+/// openssl s_client: one HTTP/1.1 request with `Connection: close`; lbd must end the connection
+/// with close_notify from the kernel for s_client to exit cleanly.
+fn s_client_get(port: u16, n: usize) {
+    let out = s_client(port, &["-ign_eof"], |stdin| {
+        write!(stdin, "GET /bytes?n={n}&seed=9 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n").unwrap()
+    });
     let text = &out.stdout;
     let split = text.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP response") + 4;
     assert!(text.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&text[..split]));
@@ -489,24 +498,17 @@ async fn padded_client_records_are_decrypted_correctly_with_rx_expect_no_pad() {
         let (daemon, port) = no_pad_service(dir.path(), no_pad).await;
         let before = TlsStat::now();
         let out = blocking(move || {
-            let mut child = Command::new("openssl")
-                .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "a.example", "-tls1_3", "-record_padding", "512", "-quiet"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            write!(stdin, "POST /verify?seed=11 HTTP/1.1\r\nHost: a.example\r\nContent-Length: {N}\r\nConnection: close\r\n\r\n").unwrap();
-            let mut body = vec![0u8; N];
-            bulk::fill(11, 0, &mut body);
-            // Chunks written apart become records of a few KiB, short of the 16 KiB maximum, so
-            // s_client pads them (chunks it reads together may still fill a record unpadded).
-            for chunk in body.chunks(CHUNK) {
-                stdin.write_all(chunk).unwrap();
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            child.wait_with_output().unwrap()
+            s_client(port, &["-tls1_3", "-record_padding", "512"], |stdin| {
+                write!(stdin, "POST /verify?seed=11 HTTP/1.1\r\nHost: a.example\r\nContent-Length: {N}\r\nConnection: close\r\n\r\n").unwrap();
+                let mut body = vec![0u8; N];
+                bulk::fill(11, 0, &mut body);
+                // Chunks written apart become records of a few KiB, short of the 16 KiB maximum,
+                // so s_client pads them (chunks it reads together may still fill a record unpadded).
+                for chunk in body.chunks(CHUNK) {
+                    stdin.write_all(chunk).unwrap();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
         })
         .await;
         let text = String::from_utf8_lossy(&out.stdout);

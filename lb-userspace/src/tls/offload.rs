@@ -209,7 +209,8 @@ pub fn install(fd: RawFd, version: ProtocolVersion, secrets: ExtractedSecrets, p
         if padding == RxPadding::NotExpected && version == KernelVersion::Tls13 {
             // Kernels before 6.0 lack the option (ENOPROTOOPT): they keep decrypting the
             // copying way, which is correct, only slower.
-            if let Err(e) = set_int(fd, libc::SOL_TLS, libc::TLS_RX_EXPECT_NO_PAD, 1) {
+            let on: libc::c_int = 1;
+            if let Err(e) = setsockopt(fd, libc::SOL_TLS, libc::TLS_RX_EXPECT_NO_PAD, &on) {
                 tracing::debug!("TLS_RX_EXPECT_NO_PAD not set: {e}");
             }
         }
@@ -220,19 +221,15 @@ pub fn install(fd: RawFd, version: ProtocolVersion, secrets: ExtractedSecrets, p
     result
 }
 
-fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: value is a live c_int and its size is passed.
-    let rc = unsafe { libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t) };
+/// `setsockopt(2)` with `value`'s bytes as the option (a C integer, a kernel structure, a name).
+fn setsockopt<T: ?Sized>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: value is a live reference, valid for reads of its size, which is passed.
+    let rc = unsafe { libc::setsockopt(fd, level, name, (value as *const T).cast(), size_of_val(value) as libc::socklen_t) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 fn set_ulp(fd: RawFd) -> io::Result<()> {
-    const TLS: &[u8] = b"tls";
-    // SAFETY: TLS points to 3 valid bytes and their length is passed.
-    let rc = unsafe {
-        libc::setsockopt(fd, libc::SOL_TCP, libc::TCP_ULP, TLS.as_ptr().cast(), TLS.len() as libc::socklen_t)
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    setsockopt(fd, libc::SOL_TCP, libc::TCP_ULP, b"tls".as_slice())
 }
 
 /// The kernel's `tls12_crypto_info_*` structures (used for TLS 1.3 as well).
@@ -296,14 +293,11 @@ impl CryptoInfo {
     }
 
     fn set(&self, fd: RawFd, direction: libc::c_int) -> io::Result<()> {
-        let (ptr, len): (*const libc::c_void, usize) = match self {
-            CryptoInfo::Aes128(i) => ((i as *const libc::tls12_crypto_info_aes_gcm_128).cast(), size_of::<libc::tls12_crypto_info_aes_gcm_128>()),
-            CryptoInfo::Aes256(i) => ((i as *const libc::tls12_crypto_info_aes_gcm_256).cast(), size_of::<libc::tls12_crypto_info_aes_gcm_256>()),
-            CryptoInfo::Chacha(i) => ((i as *const libc::tls12_crypto_info_chacha20_poly1305).cast(), size_of::<libc::tls12_crypto_info_chacha20_poly1305>()),
-        };
-        // SAFETY: ptr points to a live structure of exactly len bytes.
-        let rc = unsafe { libc::setsockopt(fd, libc::SOL_TLS, direction, ptr, len as libc::socklen_t) };
-        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        match self {
+            CryptoInfo::Aes128(i) => setsockopt(fd, libc::SOL_TLS, direction, i),
+            CryptoInfo::Aes256(i) => setsockopt(fd, libc::SOL_TLS, direction, i),
+            CryptoInfo::Chacha(i) => setsockopt(fd, libc::SOL_TLS, direction, i),
+        }
     }
 }
 

@@ -143,7 +143,7 @@ impl Transfer {
     /// Download, backend side: (HTTP: after one request's head) sends the N bytes and closes.
     async fn send_from_backend(self, mut tcp: TcpStream) -> std::io::Result<()> {
         if self.http {
-            read_head(&mut tcp).await?;
+            skip_head(&mut tcp).await?;
             tcp.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\n\r\n", self.bytes).as_bytes()).await?;
         }
         write_bytes(&mut tcp, self.bytes).await?;
@@ -153,7 +153,7 @@ impl Transfer {
     /// Upload, backend side: reads the N bytes (HTTP: one POST's body), then answers with how
     /// many arrived (HTTP: as a 200 response's body) and closes.
     async fn receive_at_backend(self, mut tcp: TcpStream) -> std::io::Result<()> {
-        let mut got = if self.http { read_head(&mut tcp).await?.1 as u64 } else { 0 };
+        let mut got = if self.http { skip_head(&mut tcp).await? as u64 } else { 0 };
         let mut buf = vec![0u8; 256 * 1024];
         while got < self.bytes {
             match tcp.read(&mut buf).await? {
@@ -233,15 +233,13 @@ async fn write_bytes(to: &mut (impl AsyncWriteExt + Unpin), mut bytes: u64) -> s
     Ok(())
 }
 
-/// Reads one HTTP head; returns it and how many body bytes came after it in the same reads.
-async fn read_head(tcp: &mut TcpStream) -> std::io::Result<(Vec<u8>, usize)> {
+/// Reads past one HTTP head; returns how many body bytes came after it in the same reads.
+async fn skip_head(tcp: &mut TcpStream) -> std::io::Result<usize> {
     let mut head = Vec::new();
     let mut b = [0u8; 1024];
     loop {
         if let Some(end) = head_end(&head) {
-            let extra = head.len() - end;
-            head.truncate(end);
-            return Ok((head, extra));
+            return Ok(head.len() - end);
         }
         match tcp.read(&mut b).await? {
             0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
