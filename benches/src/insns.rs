@@ -65,10 +65,7 @@ pub fn run(lbd: &Path, baseline: Option<&Path>, dir: &Path, report_dir: &Path, c
 fn count(bin: &Path, name: &'static str, proto: &'static str, dir: &Path, certs: &Certs, backend: u16, (n, warm_up): (u64, u64)) -> anyhow::Result<RequestInsns> {
     let out_file = dir.join("callgrind.out");
     let mut cmd = Command::new("valgrind");
-    cmd.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out_file.display())).arg("--dump-instr=no")
-        // Names in full in every dump: the kept dump is the second, and with compressed names it
-        // would refer to names only the first defines (`callgrind_annotate` could not read it).
-        .arg("--compress-strings=no").arg(bin);
+    cmd.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out_file.display())).arg("--dump-instr=no").arg(bin);
     let server = servers::lbd_run(cmd, dir, certs, backend, name)?;
     let url = format!("https://127.0.0.1:{}/1k", server.port);
     h2load(&url, proto, warm_up)?;
@@ -118,8 +115,7 @@ fn h2load(url: &str, proto: &str, n: u64) -> anyhow::Result<()> {
 }
 
 /// (instructions, calls to malloc) in a callgrind dump: its `summary:` line, and the `calls=`
-/// lines whose callee is `malloc` (by name, or with compressed names by the `(id)` callgrind
-/// gives a name the first time it writes it, `(id) name`).
+/// lines whose callee is `malloc` (callgrind names a function once, `(id) name`, then by `(id)`).
 fn parse(text: &str) -> anyhow::Result<(u64, u64)> {
     let instructions = text.lines().find_map(|l| l.strip_prefix("summary: ")).and_then(|v| v.trim().parse().ok()).context("no summary line in the callgrind dump")?;
     let mut malloc_id = None;
@@ -137,10 +133,7 @@ fn parse(text: &str) -> anyhow::Result<(u64, u64)> {
             (None, Some(r)) => (false, r),
             _ => continue,
         };
-        let (id, name) = match rest.strip_prefix('(') {
-            Some(_) => rest.split_once(' ').map_or((rest, None), |(i, n)| (i, Some(n))),
-            None => (rest, Some(rest)),
-        };
+        let (id, name) = rest.split_once(' ').map_or((rest, None), |(i, n)| (i, Some(n)));
         if name == Some("malloc") {
             malloc_id = Some(id.to_string());
         }
@@ -157,11 +150,5 @@ mod tests {
     fn a_dump_gives_its_summary_and_the_calls_to_malloc() {
         let dump = "events: Ir\nsummary: 1234\n\nfn=(1) main\n3 10\ncfn=(2) malloc\ncalls=5 0\n4 50\ncfn=(3) free\ncalls=7 0\n5 9\nfn=(4) other\ncfn=(2)\ncalls=2 0\n6 8\n";
         assert_eq!(super::parse(dump).unwrap(), (1234, 7));
-    }
-
-    #[test]
-    fn names_written_in_full_are_read_too() {
-        let dump = "events: Ir\nsummary: 99\n\nfn=main\n3 10\ncfn=malloc\ncalls=5 0\n4 50\ncfn=free\ncalls=7 0\n5 9\nfn=other\ncfn=malloc\ncalls=2 0\n6 8\n";
-        assert_eq!(super::parse(dump).unwrap(), (99, 7));
     }
 }
