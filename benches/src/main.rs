@@ -57,7 +57,8 @@ fn main() -> anyhow::Result<()> {
     let mut plan = scenarios::Plan::new(quick, only.as_deref(), nofile)?;
     plan.contender = contender;
     plan.baseline = baseline;
-    let (samples, mut notes) = scenarios::run(&plan, &lbd)?;
+    let (samples, mut notes, crypto_runs) = scenarios::run(&plan, &lbd)?;
+    plan.env.crypto_runs.extend(crypto_runs);
     // The L4 scenarios build network namespaces and attach XDP: root only.
     let l4 = if unsafe { libc::geteuid() } == 0 {
         let dir = scenarios::tempdir()?;
