@@ -105,7 +105,8 @@ async fn forward(
     let response = match first {
         // A reused connection the member closed while idle: safe to replay a bodiless request once.
         Err(SendError::Closed(_)) if checkout.reused && replayable => {
-            sender = Box::pin(pool.open_http(&member, (rt.timeouts.member_connect, rt.timeouts.member_data)))
+            sender = pool
+                .open_http(&member, (rt.timeouts.member_connect, rt.timeouts.member_data))
                 .await
                 .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("member {}: {e}", member.addr)))?;
             send(&mut sender, head.build(Either::Right(Empty::new()), member.addr)).await
