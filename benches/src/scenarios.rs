@@ -50,7 +50,7 @@ pub struct Env {
     pub cpu_model: String,
     pub ktls: bool,
     /// Every single-core `openssl speed -evp aes-128-gcm` run at 16 KiB, bytes per second: three
-    /// at the start, then (full runs) one before each later round of scenarios and one at the end.
+    /// at the start, then (full runs) one after each round of scenarios.
     pub crypto_runs: Vec<f64>,
     pub nofile: u64,
 }
@@ -167,7 +167,9 @@ pub struct Sample {
 pub type Notes = Vec<(String, String)>;
 
 /// Starts everything, runs the plan, stops everything.
-pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Notes, CryptoRuns)> {
+/// Also returns the `openssl speed` runs it took after each round (full runs), for
+/// [`Env::crypto_runs`].
+pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Notes, Vec<f64>)> {
     if plan.scenarios.is_empty() {
         return Ok((vec![], vec![], vec![]));
     }
@@ -194,17 +196,8 @@ pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Notes, Crypt
     let mut samples = Vec::new();
     let mut half_rate = None;
     let rounds = plan.scenarios.iter().map(|s| plan.reps_of(s)).max().unwrap_or(0);
-    let mut crypto = CryptoRuns::new();
-    let crypto_run = |crypto: &mut CryptoRuns| -> anyhow::Result<()> {
-        if !plan.quick {
-            crypto.push(crypto_speed(crypto_seconds(false))?);
-        }
-        Ok(())
-    };
+    let mut crypto = Vec::new();
     for rep in 0..rounds {
-        if rep > 0 {
-            crypto_run(&mut crypto)?;
-        }
         for scenario in plan.scenarios.iter().filter(|s| rep < plan.reps_of(s)) {
             for c in &contenders {
                 let plain = c.name == "tcp-proxy";
@@ -247,14 +240,13 @@ pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Notes, Crypt
                 samples.push(sample);
             }
         }
+        if !plan.quick {
+            crypto.push(crypto_speed(crypto_seconds(false))?);
+        }
     }
-    crypto_run(&mut crypto)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok((samples, notes, crypto))
 }
-
-/// `openssl speed` runs taken between rounds of scenarios (full runs only), for [`Env::crypto_runs`].
-pub type CryptoRuns = Vec<f64>;
 
 /// `small-1k-h1`: the full-load run that half load is derived from.
 fn small_h1() -> Scenario {
