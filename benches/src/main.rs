@@ -7,6 +7,7 @@
 //! [--baseline PATH]` (`--contender` runs only those contenders, e.g. to profile one;
 //! `--baseline` adds another lbd build as `lbd-baseline`, for a change's before and after).
 
+mod charts;
 mod insns;
 mod l4;
 mod load;

@@ -1,12 +1,11 @@
-//! Turning samples into `REPORT.md` (tables, environment, exact commands, key ratios) and an SVG
-//! chart of efficiency per server CPU-second relative to HAProxy.
+//! Turning samples into `REPORT.md` (tables, environment, exact commands, key ratios) and its SVG
+//! charts (drawn by [`crate::charts`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use plotters::prelude::*;
-
+use crate::charts::{Bars, two_lines};
 use crate::insns::RequestInsns;
 use crate::l4::L4Sample;
 use crate::scenarios::{Notes, Plan, Sample};
@@ -18,6 +17,16 @@ pub struct Stat {
     pub min: f64,
     pub max: f64,
 }
+
+impl Stat {
+    /// Each figure multiplied by `k`.
+    pub fn scaled(self, k: f64) -> Stat {
+        Stat { median: self.median * k, min: self.min * k, max: self.max * k }
+    }
+}
+
+/// The host contenders, in the order the charts show them.
+const CONTENDERS: [&str; 8] = ["lbd", "lbd-raw", "lbd-ktls", "lbd-ktls-raw", "lbd-baseline", "haproxy", "nginx", "tcp-proxy"];
 
 fn stat(mut v: Vec<f64>) -> Stat {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -196,20 +205,23 @@ pub fn write(out: &Path, plan: &Plan, results: &Results) -> anyhow::Result<Strin
     if let Some(r) = rows.get(&("idle-conns", "lbd")) {
         writeln!(summary, "- idle-conns: lbd RSS {:.1} MiB with {:.0} connections, {:.1} KiB per connection", r.rss / 1048576.0, r.count, r.rss_per_conn / 1024.0)?;
     }
-    l4_section(&mut md, &mut summary, l4)?;
+    l4_section(out, &mut md, &mut summary, l4)?;
     insns_section(&mut md, &mut summary, insns)?;
     if let Some(g) = guest {
-        g.section(&mut md, &mut summary)?;
+        g.section(out, &mut md, &mut summary)?;
     }
     if let Some(g) = guest_idle {
         g.section(&mut md, &mut summary)?;
     }
-    writeln!(md, "## Key ratios\n\n{}", summary.lines().skip(1).collect::<Vec<_>>().join("\n"))?;
-    writeln!(md, "\n![per CPU-second relative to HAProxy](efficiency.svg)\n")?;
+    writeln!(md, "## Key ratios\n\n{}\n", summary.lines().skip(1).collect::<Vec<_>>().join("\n"))?;
+    for (file, bars) in host_charts(plan, &rows) {
+        if bars.draw(&out.join(file))? {
+            writeln!(md, "![{}]({file})\n", bars.caption)?;
+        }
+    }
     writeln!(md, "## Reproduce\n\n```sh\ncargo xtask bench{}\n```\n", if plan.quick { " --quick" } else { "" })?;
     writeln!(md, "Generators: `wrk -t T -c C -d {s}s` (latency percentiles from its Lua `done` hook; uploads set `wrk.body`; the half-load run pauses each connection between requests from a Lua `delay()` averaging 64 / rate), `h2load -c 16 -m 10 -D {s}`, `openssl s_time -new|-reuse -time {s} -www /1k`, and a rustls client holding idle connections. Server CPU: utime+stime of every process of the contender from /proc/PID/stat, before and after.", s = plan.seconds)?;
     std::fs::write(out.join("REPORT.md"), &md)?;
-    chart(&out.join("efficiency.svg"), plan, &rows)?;
     Ok(summary)
 }
 
@@ -217,45 +229,41 @@ fn row<'a>(rows: &'a BTreeMap<(&'static str, &'static str), Row>, scenario: &str
     rows.iter().find(|((s, c), _)| *s == scenario && *c == contender).map(|(_, r)| r)
 }
 
-fn chart(path: &Path, plan: &Plan, rows: &BTreeMap<(&'static str, &'static str), Row>) -> anyhow::Result<()> {
+/// The host charts, each with its file name: work per server CPU-second relative to HAProxy,
+/// bulk bytes per server CPU-second against the crypto limit, small-request latency.
+fn host_charts(plan: &Plan, rows: &BTreeMap<(&'static str, &'static str), Row>) -> Vec<(&'static str, Bars)> {
+    let series = |scenarios: &[&str], f: &dyn Fn(&str, &str) -> Option<Stat>| -> Vec<(String, Vec<Option<Stat>>)> {
+        CONTENDERS.iter().map(|c| (c.to_string(), scenarios.iter().map(|s| f(s, c)).collect())).collect()
+    };
     // Paced load is not about work per CPU-second.
     let scenarios: Vec<&str> = plan.scenarios.iter().map(|s| s.name).filter(|n| !["idle-conns", "small-1k-h1-half"].contains(n)).collect();
-    let contenders = ["lbd", "lbd-raw", "lbd-ktls", "lbd-ktls-raw", "haproxy", "nginx", "tcp-proxy"];
-    let colors = [
-        RGBColor(0x1f, 0x77, 0xb4),
-        RGBColor(0x9e, 0xc9, 0xe6),
-        RGBColor(0x2c, 0xa0, 0x2c),
-        RGBColor(0x98, 0xdf, 0x8a),
-        RGBColor(0xd6, 0x27, 0x28),
-        RGBColor(0x94, 0x67, 0xbd),
-        RGBColor(0x7f, 0x7f, 0x7f),
-    ];
-    let value = |s: &str, c: &str| -> Option<f64> { Some(row(rows, s, c)?.per_cpu.median / row(rows, s, "haproxy")?.per_cpu.median) };
-    let ymax = scenarios.iter().flat_map(|s| contenders.iter().filter_map(move |c| value(s, c))).fold(1.0f64, f64::max) * 1.15;
-    let root = SVGBackend::new(path, (960, 520)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Work per server CPU-second, relative to HAProxy (higher is better)", ("sans-serif", 20))
-        .margin(12)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..scenarios.len() as f64, -ymax * 0.08..ymax)?;
-    chart.configure_mesh().disable_x_mesh().x_labels(0).y_desc("× HAProxy").draw()?;
-    let width = 0.8 / contenders.len() as f64;
-    for (i, c) in contenders.iter().enumerate() {
-        let bars: Vec<(f64, f64)> = scenarios.iter().enumerate().filter_map(|(g, s)| value(s, c).map(|v| (g as f64 + 0.1 + i as f64 * width, v))).collect();
-        if bars.is_empty() {
-            continue;
-        }
-        let color = colors[i];
-        chart
-            .draw_series(bars.into_iter().map(move |(x, v)| Rectangle::new([(x, 0.0), (x + width * 0.9, v)], color.filled())))?
-            .label(*c)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-    }
-    chart.draw_series(scenarios.iter().enumerate().map(|(g, s)| Text::new(s.to_string(), (g as f64 + 0.15, -ymax * 0.03), ("sans-serif", 14))))?;
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
-    root.present()?;
-    Ok(())
+    let relative = |s: &str, c: &str| Some(row(rows, s, c)?.per_cpu.scaled(1.0 / row(rows, s, "haproxy")?.per_cpu.median));
+    let efficiency = Bars {
+        caption: "Work per server CPU-second, relative to HAProxy (higher is better)".into(),
+        y_desc: "× HAProxy (bytes, requests or handshakes per CPU-second)".into(),
+        groups: scenarios.iter().map(|s| two_lines(s)).collect(),
+        series: series(&scenarios, &relative),
+        lines: vec![("HAProxy".into(), 1.0)],
+    };
+    let bulk: Vec<&str> = scenarios.iter().copied().filter(|s| is_bulk(s)).collect();
+    let limit = plan.env.crypto_limit() / 1e6;
+    let bulk = Bars {
+        caption: "Bulk: bytes per server CPU-second against the single-core crypto limit".into(),
+        y_desc: "MB per server CPU-second".into(),
+        groups: bulk.iter().map(|s| two_lines(s)).collect(),
+        series: series(&bulk, &|s, c| Some(row(rows, s, c)?.per_cpu.scaled(1e-6))),
+        lines: vec![(format!("crypto limit, one core: {limit:.0} MB/s"), limit), ("half of it: the target".into(), limit / 2.0)],
+    };
+    let paced: Vec<&str> = ["small-1k-h1", "small-1k-h1-half"].into_iter().filter(|s| plan.scenarios.iter().any(|p| p.name == *s)).collect();
+    let percentiles: Vec<(&str, usize, &str)> = paced.iter().flat_map(|s| [(*s, 0, "p50"), (*s, 1, "p99")]).collect();
+    let latency = Bars {
+        caption: "Small requests: wrk latency at full and at half load (lower is better)".into(),
+        y_desc: "ms".into(),
+        groups: percentiles.iter().map(|(s, _, p)| format!("{s}\n{p}")).collect(),
+        series: CONTENDERS.iter().map(|c| (c.to_string(), percentiles.iter().map(|(s, i, _)| row(rows, s, c)?.latency.map(|l| l[*i])).collect())).collect(),
+        lines: vec![],
+    };
+    vec![("efficiency.svg", efficiency), ("bulk.svg", bulk), ("latency.svg", latency)]
 }
 
 /// `request-insns`: lbd's instructions and allocations per request (callgrind).
@@ -281,7 +289,7 @@ fn insns_section(md: &mut String, summary: &mut String, insns: &[RequestInsns]) 
 }
 
 /// The XDP L4 scenarios: a table per scenario and the XDP / userspace ratios.
-fn l4_section(md: &mut String, summary: &mut String, l4: &[L4Sample]) -> anyhow::Result<()> {
+fn l4_section(out: &Path, md: &mut String, summary: &mut String, l4: &[L4Sample]) -> anyhow::Result<()> {
     if l4.is_empty() {
         return Ok(());
     }
@@ -330,6 +338,22 @@ fn l4_section(md: &mut String, summary: &mut String, l4: &[L4Sample]) -> anyhow:
                 writeln!(summary, "- {scenario}: machine CPU per request, {other} / lbd-xdp = {:.2}", machine(other) / machine("lbd-xdp"))?;
             }
         }
+    }
+    let scenarios: Vec<&str> = crate::l4::SCENARIOS.iter().map(|(n, _)| *n).filter(|n| l4.iter().any(|s| s.scenario == *n)).collect();
+    let relative = |scenario: &str, c: &str| {
+        let tcp = per(&pkt_per_cpu, scenario, "haproxy-tcp").median;
+        let p = per(&pkt_per_cpu, scenario, c);
+        (tcp > 0.0 && p.max > 0.0).then(|| p.scaled(1.0 / tcp))
+    };
+    let chart = Bars {
+        caption: "L4: packets per load-balancer CPU-second, relative to HAProxy mode tcp (higher is better)".into(),
+        y_desc: "× HAProxy mode tcp".into(),
+        groups: scenarios.iter().map(|s| two_lines(s)).collect(),
+        series: crate::l4::CONTENDERS.iter().map(|c| (c.to_string(), scenarios.iter().map(|s| relative(s, c)).collect())).collect(),
+        lines: vec![("HAProxy mode tcp".into(), 1.0), ("target: 5×".into(), 5.0)],
+    };
+    if chart.draw(&out.join("l4.svg"))? {
+        writeln!(md, "![{}](l4.svg)\n", chart.caption)?;
     }
     Ok(())
 }
@@ -383,7 +407,7 @@ impl GuestInsns {
         (large.bytes > small.bytes).then(|| (of(large) - of(small)) / (large.bytes - small.bytes))
     }
 
-    fn section(&self, md: &mut String, summary: &mut String) -> anyhow::Result<()> {
+    fn section(&self, out: &Path, md: &mut String, summary: &mut String) -> anyhow::Result<()> {
         writeln!(md, "## guest-insns — kTLS versus userspace TLS, in guest instructions per byte\n")?;
         writeln!(md, "A QEMU guest on Debian's kernel (which has kTLS), under TCG with our instruction-counting plugin (`benches/tcg-insns`, vCPUs on one TCG thread so counts are exact). One boot per mode and size runs `lb-guest-transfer`: a backend sends N bytes over TCP, lbd terminates TLS 1.3 AES-128-GCM in raw mode (`ktls`: splice between the sockets; `userspace`: rustls and a copy loop) or in HTTP mode (`-http`: hyper proxies one GET whose response body is the N bytes, over kTLS or rustls), a rustls client reads them. The `-upload` modes move the N bytes the other way: the rustls client sends them (in HTTP mode as one POST's body), lbd decrypts them (kTLS: the kernel, into lbd's buffer or, in raw mode, spliced on to the member; userspace: rustls) and the backend reads them. lbd runs as with `--ktls-rx-expect-no-pad` (the client does not pad its records). lbd's threads are pinned to vCPU 1, the backend's and the client's to vCPU 0. The plugin counts per vCPU, user and kernel, between two marks the program executes around the connection and its transfer. *Whole guest* is every vCPU (the client's decryption and copies, the backend's sends, lbd); *lbd's vCPU* is vCPU 1 alone: lbd's own instructions and the kernel work its system calls run, including the loopback delivery of what it sends — the guest's counterpart of the server CPU time measured on the host. Instructions per byte = (count(large) − count(small)) / (large − small), which leaves only the bytes' cost. Emulated timings mean nothing; instruction counts do not depend on them.\n")?;
         writeln!(md, "| mode | small transfer | large transfer | whole guest: instructions (small / large) | whole guest per byte | lbd's vCPU: instructions (small / large) | lbd's vCPU per byte |\n|---|---|---|---|---|---|---|")?;
@@ -400,6 +424,24 @@ impl GuestInsns {
                     writeln!(summary, "- guest instructions per byte ({what}), kTLS {kind} / userspace {kind} = {:.2} ({k:.2} vs {u:.2})", k / u)?;
                 }
             }
+        }
+        let kinds = [("", "raw\ndownload"), ("-http", "HTTP\ndownload"), ("-upload", "raw\nupload"), ("-http-upload", "HTTP\nupload")];
+        let counts = [("ktls", Count::Lbd, "kTLS, lbd's vCPU"), ("userspace", Count::Lbd, "userspace TLS, lbd's vCPU"), ("ktls", Count::Whole, "kTLS, whole guest"), ("userspace", Count::Whole, "userspace TLS, whole guest")];
+        let chart = Bars {
+            caption: "Guest instructions per byte moved: kTLS against userspace TLS (lower is better)".into(),
+            y_desc: "instructions per byte".into(),
+            groups: kinds.iter().map(|(_, label)| label.to_string()).collect(),
+            series: counts
+                .iter()
+                .map(|(path, count, name)| {
+                    let per = kinds.iter().map(|(suffix, _)| self.per_byte(&format!("{path}{suffix}"), *count).map(|v| Stat { median: v, min: v, max: v }));
+                    (name.to_string(), per.collect())
+                })
+                .collect(),
+            lines: vec![],
+        };
+        if chart.draw(&out.join("guest-insns.svg"))? {
+            writeln!(md, "![{}](guest-insns.svg)\n", chart.caption)?;
         }
         Ok(())
     }
