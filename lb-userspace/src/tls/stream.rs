@@ -225,9 +225,10 @@ impl PeerStream {
         }
     }
 
-    /// Ready when there is something to read: bytes in the socket, or plaintext this end
-    /// already holds. Lets a connection that has not sent anything yet wait without the buffers
-    /// a protocol handler would allocate (an idle TLS connection then costs only its TLS state).
+    /// Ready when there is something to read: bytes in the socket, or plaintext (or TLS bytes
+    /// read ahead) this end already holds. Lets a connection that has not sent anything yet
+    /// wait without the buffers a protocol handler would allocate (an idle TLS connection then
+    /// costs only its TLS state).
     ///
     /// A poll function rather than a future: waiting through the socket's own read-readiness
     /// slot keeps no waiter state in the waiting connection's task.
@@ -235,9 +236,9 @@ impl PeerStream {
         let tcp = match self {
             PeerStream::Ktls(k) if !k.prefix.is_empty() => return Poll::Ready(Ok(())),
             PeerStream::Ktls(k) => k.tcp(),
-            PeerStream::Rustls(s) if !s.get_ref().1.wants_read() => return Poll::Ready(Ok(())),
+            PeerStream::Rustls(s) if !s.get_ref().1.wants_read() || s.get_ref().0.has_buffered() => return Poll::Ready(Ok(())),
             PeerStream::Rustls(s) => s.get_ref().0.get_ref(),
-            PeerStream::RustlsClient(s) if !s.get_ref().1.wants_read() => return Poll::Ready(Ok(())),
+            PeerStream::RustlsClient(s) if !s.get_ref().1.wants_read() || s.get_ref().0.has_buffered() => return Poll::Ready(Ok(())),
             PeerStream::RustlsClient(s) => s.get_ref().0.get_ref(),
             PeerStream::Plain(t) => t,
         };
