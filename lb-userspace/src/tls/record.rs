@@ -6,8 +6,8 @@
 //! exactly the length it announces), so rustls stops reading exactly at the Finished message.
 //!
 //! Uncorked (the connection stays in userspace TLS), it reads ahead while the peer streams:
-//! rustls asks for at most one record (about 16 KiB) per read, so an upload would otherwise cost
-//! a `recvfrom` (and the TCP bookkeeping and ACKs behind it) per record. Once a read fills
+//! rustls asks for at most one record per read (often only 4 KiB), so an upload would otherwise
+//! cost a `recvfrom` (and the TCP bookkeeping and ACKs behind it) per record or less. Once a read fills
 //! rustls' whole request, the next reads take up to [`READ_AHEAD`] at a time into a buffer of
 //! the reader's own and hand it to rustls from memory; the buffer is freed as soon as it is
 //! drained and the socket has nothing more, so a quiet connection holds none.
@@ -34,7 +34,8 @@ pub struct RecordReader<IO> {
     header: [u8; HEADER_LEN],
     header_filled: u8,
     body_left: usize,
-    /// Bytes read ahead and not yet handed on (uncorked only); `None` when there are none.
+    /// The read-ahead buffer (uncorked, while the peer streams); `None` once the socket is
+    /// drained, and whenever a read-ahead was handed on whole.
     ahead: Option<Box<Ahead>>,
 }
 
