@@ -43,6 +43,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroo
 mount -o bind /host/tmp /hosttmp
 mount -t tmpfs tmp /host/tmp
 case "$keep" in /tmp/?*) rel=${keep#/tmp/}; mkdir -p "/host/tmp/$rel"; mount -o bind "/hosttmp/$rel" "/host/tmp/$rel" ;; esac
+mkdir -p "/host$xfer"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 xfer "/host$xfer" || echo "lb-vm: no exchange dir"
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
@@ -100,18 +101,51 @@ fn kernel() -> anyhow::Result<Kernel> {
         return Ok(kernel);
     }
     eprintln!("xtask vm-test: fetching {package} into {}", kernel.root.display());
-    let _ = std::fs::remove_dir_all(&kernel.root);
+    // Kernels fetched before this one (Debian moved on) are not needed again.
+    for old in std::fs::read_dir(cache_dir()).into_iter().flatten().filter_map(|e| e.ok()) {
+        if old.file_name().to_string_lossy().starts_with("linux-image-") {
+            let _ = std::fs::remove_dir_all(old.path());
+        }
+    }
     std::fs::create_dir_all(&kernel.root)?;
     run(Command::new("apt-get").args(["download", &package]).current_dir(&kernel.root))?;
     let deb = std::fs::read_dir(&kernel.root)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .context("apt-get download produced no .deb")?;
-    run(Command::new("dpkg").arg("-x").arg(&deb).arg(kernel.root.join("x")))?;
+    unpack(&deb, &kernel.root.join("x"))?;
     std::fs::remove_file(&deb)?;
     run(Command::new("busybox").arg("depmod").arg("-b").arg(kernel.root.join("x")).arg(&kernel.version))?;
-    extract_vmlinux(&kernel.root.join("x/boot").join(format!("vmlinuz-{}", kernel.version)), &kernel.vmlinux())?;
+    let boot = kernel.root.join("x/boot");
+    extract_vmlinux(&boot.join(format!("vmlinuz-{}", kernel.version)), &kernel.vmlinux())?;
+    std::fs::remove_dir_all(boot)?;
     Ok(kernel)
+}
+
+/// Parts of the kernel package unpacked: the compressed kernel, the module lists, and only the
+/// module directories `MODULES` and their dependencies come from (~50 MB of the ~450 MB tree; CI
+/// machines may be short of disk).
+const UNPACKED: &[&str] = &[
+    "./boot/vmlinuz-*", "./lib/modules/*/modules.*", "./lib/modules/*/kernel/arch/*",
+    "./lib/modules/*/kernel/crypto/*", "./lib/modules/*/kernel/lib/*", "./lib/modules/*/kernel/fs/*",
+    "./lib/modules/*/kernel/net/*", "./lib/modules/*/kernel/drivers/virtio/*",
+    "./lib/modules/*/kernel/drivers/char/*", "./lib/modules/*/kernel/drivers/net/veth.ko",
+];
+
+/// Unpacks the `UNPACKED` parts of a .deb into `into`.
+fn unpack(deb: &Path, into: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(into)?;
+    let mut tarfile = Command::new("dpkg-deb").arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped()).spawn()?;
+    let untar = Command::new("tar")
+        .args(["-x", "--wildcards", "-C"])
+        .arg(into)
+        .args(UNPACKED)
+        .stdin(tarfile.stdout.take().unwrap())
+        .status()?;
+    if !tarfile.wait()?.success() || !untar.success() {
+        bail!("could not unpack {}", deb.display());
+    }
+    Ok(())
 }
 
 /// Finds the XZ stream inside a bzImage and decompresses it (Debian builds with CONFIG_KERNEL_XZ).
