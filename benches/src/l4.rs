@@ -259,10 +259,10 @@ impl Drop for Sysctl {
 }
 
 
-/// Runs every L4 scenario against every contender, `reps` times, `seconds` each.
-pub fn run(lbd: &Path, dir: &Path, reps: usize, seconds: u32, only: Option<&str>) -> anyhow::Result<Vec<L4Sample>> {
-    let scenarios: Vec<(&'static str, &'static str)> = SCENARIOS.iter().copied().filter(|(n, _)| only.is_none_or(|o| o == *n)).collect();
-    if scenarios.is_empty() {
+/// Runs each wanted L4 scenario against each of `contenders`, `reps` times, `seconds` each.
+pub fn run(lbd: &Path, dir: &Path, reps: usize, seconds: u32, wanted: &dyn Fn(&str) -> bool, contenders: &[&'static str]) -> anyhow::Result<Vec<L4Sample>> {
+    let scenarios: Vec<(&'static str, &'static str)> = SCENARIOS.iter().copied().filter(|(n, _)| wanted(n)).collect();
+    if scenarios.is_empty() || contenders.is_empty() {
         return Ok(vec![]);
     }
     let dir: PathBuf = dir.join("l4");
@@ -275,7 +275,7 @@ pub fn run(lbd: &Path, dir: &Path, reps: usize, seconds: u32, only: Option<&str>
     let member = member(&dir.join("member"))?;
     let mut samples = Vec::new();
     for rep in 0..reps {
-        for name in CONTENDERS {
+        for &name in contenders {
             let c = contender(name, lbd, &dir).with_context(|| format!("starting {name}"))?;
             for (scenario, _) in &scenarios {
                 let headers: &[&str] = if *scenario == "l4-connections" { &["Connection: close"] } else { &[] };

@@ -3,7 +3,7 @@
 //! contender in turn (interleaved, repeated), measures the server's CPU time from /proc and the
 //! load generator's own CPU, and writes `target/bench/REPORT.md` and `target/bench/*.svg`.
 //!
-//! Usage: `lb-bench --lbd PATH --out DIR [--quick] [--scenario NAME] [--contender NAME[,NAME…]]
+//! Usage: `lb-bench --lbd PATH --out DIR [--quick] [--scenario NAME[,NAME…]] [--contender NAME[,NAME…]]
 //! [--baseline PATH]` (`--contender` runs only those contenders, e.g. to profile one;
 //! `--baseline` adds another lbd build as `lbd-baseline`, for a change's before and after).
 
@@ -14,6 +14,7 @@ mod load;
 mod procs;
 mod report;
 mod scenarios;
+mod select;
 mod servers;
 
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME] [--contender NAME[,NAME…]] [--baseline PATH] [--guest-insns FILE] [--guest-idle FILE]";
+const USAGE: &str = "usage: lb-bench --lbd PATH [--out DIR] [--quick] [--scenario NAME[,NAME…]] [--contender NAME[,NAME…]] [--baseline PATH] [--guest-insns FILE] [--guest-idle FILE]";
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -55,22 +56,15 @@ fn main() -> anyhow::Result<()> {
     let lbd = lbd.context("--lbd PATH (the release lbd binary)")?;
     std::fs::create_dir_all(&out)?;
     let nofile = procs::raise_nofile();
-    let mut plan = scenarios::Plan::new(quick, only.as_deref(), nofile)?;
-    plan.contender = contender;
-    plan.baseline = baseline;
+    let mut plan = scenarios::Plan::new(quick, only.as_deref(), contender.as_deref(), baseline, nofile)?;
     let (samples, mut notes, crypto_runs) = scenarios::run(&plan, &lbd)?;
     plan.env.crypto_runs.extend(crypto_runs);
     // The L4 scenarios build network namespaces and attach XDP: root only.
     let l4 = if unsafe { libc::geteuid() } == 0 {
         let dir = scenarios::tempdir()?;
         // `--quick` checks the harness with one L4 scenario.
-        let l4_only = match only.as_deref() {
-            Some(o) if o.starts_with("l4-") => Some(o),
-            Some(_) => Some("none"),
-            None if quick => Some("l4-keepalive"),
-            None => None,
-        };
-        let l4 = l4::run(&lbd, &dir, plan.reps, plan.seconds, l4_only)?;
+        let wanted = |name: &str| if plan.selection.is_all() { !quick || name == "l4-keepalive" } else { plan.selection.wants(name) };
+        let l4 = l4::run(&lbd, &dir, plan.reps, plan.seconds, &wanted, &plan.l4_contenders)?;
         let _ = std::fs::remove_dir_all(&dir);
         l4
     } else {
@@ -79,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     };
     // Instructions per request under callgrind: the full run (and `--quick`, fewer requests, to
     // check the harness), or `--scenario request-insns`.
-    let request_insns = if only.as_deref().is_none_or(|o| o == "request-insns") {
+    let request_insns = if plan.selection.wants("request-insns") {
         let dir = scenarios::tempdir()?;
         let certs = servers::certs(&dir)?;
         let backend = servers::backend(&dir.join("backend"))?;

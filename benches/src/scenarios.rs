@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::load::{self, Load};
 use crate::procs;
+use crate::select::Selection;
 use crate::servers::{self, Server};
 
 pub enum Kind {
@@ -70,12 +71,20 @@ pub struct Plan {
     pub seconds: u32,
     pub scenarios: Vec<Scenario>,
     pub env: Env,
-    /// Only these contenders (comma-separated; profiling), else all.
-    pub contender: Option<String>,
+    /// `--scenario`: also chooses among the L4, callgrind and guest scenarios (`main`).
+    pub selection: Selection,
+    /// The contenders the TLS scenarios run, in order (`--contender` limits them; profiling).
+    pub contenders: Vec<&'static str>,
+    /// The L4 scenarios' contenders, limited by `--contender` the same way.
+    pub l4_contenders: Vec<&'static str>,
     /// Another lbd binary run as the contender `lbd-baseline` (userspace path), interleaved with
     /// the others: a before/after comparison of a change within one run.
     pub baseline: Option<std::path::PathBuf>,
 }
+
+/// Scenarios outside the TLS table: instructions per request under callgrind, and the guest's
+/// two (run by xtask in the VM; lb-bench reads their results from a file).
+const OTHER_SCENARIOS: [&str; 3] = ["request-insns", "guest-insns", "guest-idle"];
 
 /// Repetitions of the half-load latency scenario in a full run: its p99 is compared against
 /// HAProxy's, and repetitions here differ from one another by more than the contenders do, so
@@ -91,7 +100,8 @@ impl Plan {
         }
     }
 
-    pub fn new(quick: bool, only: Option<&str>, nofile: u64) -> anyhow::Result<Plan> {
+    /// `only` and `contender` are `--scenario` and `--contender` (comma-separated names).
+    pub fn new(quick: bool, only: Option<&str>, contender: Option<&str>, baseline: Option<std::path::PathBuf>, nofile: u64) -> anyhow::Result<Plan> {
         let idle = if quick { 500 } else { servers::idle_connections() as usize };
         let all = vec![
             Scenario { name: "bulk-1m-c1", what: "download 1 MiB bodies, 1 connection, HTTP/1.1 keep-alive", kind: Kind::Wrk { path: "/1m", threads: 1, conns: 1, close: false } },
@@ -108,12 +118,23 @@ impl Plan {
             Scenario { name: "idle-conns", what: "idle TLS connections held open (memory; count in the table), each contender freshly started", kind: Kind::Idle { n: idle } },
         ];
         let quick_set = ["bulk-1m-c1", "bulk-upload-1m-c64", "small-1k-h1", "small-1k-h1-half", "handshake-rsa-full", "idle-conns"];
-        let scenarios: Vec<Scenario> = all
-            .into_iter()
-            .filter(|s| only.map_or(!quick || quick_set.contains(&s.name), |o| o.split(',').any(|n| n == s.name)))
-            .collect();
-        let l4 = only.is_some_and(|o| o == "guest-insns" || o == "guest-idle" || o == "request-insns" || crate::l4::SCENARIOS.iter().any(|(n, _)| *n == o));
-        anyhow::ensure!(!scenarios.is_empty() || l4, "no scenario named {only:?}");
+        let known: Vec<&str> = all.iter().map(|s| s.name).chain(crate::l4::SCENARIOS.iter().map(|(n, _)| *n)).chain(OTHER_SCENARIOS).collect();
+        let selection = Selection::parse("--scenario", only, &known)?;
+        let scenarios: Vec<Scenario> = all.into_iter().filter(|s| if selection.is_all() { !quick || quick_set.contains(&s.name) } else { selection.wants(s.name) }).collect();
+        let ktls = Path::new("/proc/net/tls_stat").exists();
+        let mut host = vec!["lbd"];
+        if baseline.is_some() {
+            host.push("lbd-baseline");
+        }
+        host.push("lbd-raw");
+        if ktls {
+            host.extend(["lbd-ktls", "lbd-ktls-raw"]);
+        }
+        host.extend(["haproxy", "nginx", "tcp-proxy"]);
+        let known: Vec<&str> = host.iter().copied().chain(crate::l4::CONTENDERS).collect();
+        let chosen = Selection::parse("--contender", contender, &known)?;
+        host.retain(|n| chosen.wants(n));
+        let l4_contenders = crate::l4::CONTENDERS.into_iter().filter(|n| chosen.wants(n)).collect();
         let env = Env {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -122,11 +143,11 @@ impl Plan {
                 .lines()
                 .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
                 .unwrap_or_default(),
-            ktls: Path::new("/proc/net/tls_stat").exists(),
+            ktls,
             crypto_runs: (0..3).map(|_| crypto_speed(crypto_seconds(quick))).collect::<anyhow::Result<_>>()?,
             nofile,
         };
-        Ok(Plan { quick, reps: if quick { 1 } else { 3 }, seconds: if quick { 2 } else { 6 }, scenarios, env, contender: None, baseline: None })
+        Ok(Plan { quick, reps: if quick { 1 } else { 3 }, seconds: if quick { 2 } else { 6 }, scenarios, env, selection, contenders: host, l4_contenders, baseline })
     }
 }
 
@@ -176,16 +197,7 @@ pub fn run(plan: &Plan, lbd: &Path) -> anyhow::Result<(Vec<Sample>, Notes, Vec<f
     let dir = tempdir()?;
     let certs = servers::certs(&dir)?;
     let backend = servers::backend(&dir.join("backend"))?;
-    let mut names = vec!["lbd"];
-    if plan.baseline.is_some() {
-        names.push("lbd-baseline");
-    }
-    names.push("lbd-raw");
-    if plan.env.ktls {
-        names.extend(["lbd-ktls", "lbd-ktls-raw"]);
-    }
-    names.extend(["haproxy", "nginx", "tcp-proxy"]);
-    names.retain(|n| plan.contender.as_deref().is_none_or(|c| c.split(',').any(|c| c == *n)));
+    let names = &plan.contenders;
     let start = |name: &str, dir: &Path| {
         let bin = if name == "lbd-baseline" { plan.baseline.as_deref().unwrap_or(lbd) } else { lbd };
         servers::start(name, bin, dir, &certs, backend.port)

@@ -52,9 +52,11 @@ enum Cmd {
         /// A smoke run (< 3 minutes, debug build): checks the harness, not the numbers.
         #[arg(long)]
         quick: bool,
-        /// Run only this scenario (bulk-1m-c1, bulk-1m-c64, bulk-64m-c1, small-1k-h1,
-        /// small-1k-h2, handshake-full, handshake-resumed, idle-conns, l4-keepalive,
-        /// l4-connections, guest-insns, guest-idle).
+        /// Run only these scenarios, comma-separated (bulk-1m-c1, bulk-1m-c64, bulk-64m-c1,
+        /// bulk-upload-1m-c64, small-1k-h1, small-1k-h1-half, small-1k-h2, handshake-full,
+        /// handshake-resumed, handshake-rsa-full, handshake-rsa-resumed, idle-conns,
+        /// l4-keepalive, l4-connections, request-insns, guest-insns, guest-idle); an unknown
+        /// name is an error.
         #[arg(long)]
         scenario: Option<String>,
     },
@@ -342,12 +344,13 @@ fn bench(quick: bool, scenario: Option<&str>) -> anyhow::Result<()> {
     let target = cargo_build(profile, &["-p", "lb-userspace", "--bin", "lbd", "-p", "lb-benches", "--bin", "lb-bench"])?;
     let mut cmd = Command::new(target.join("lb-bench"));
     cmd.arg("--lbd").arg(target.join("lbd")).arg("--out").arg(workspace_root().join("target/bench"));
-    if scenario.is_none_or(|s| s == GUEST_SCENARIO) {
+    let wants = |name: &str| scenario.is_none_or(|s| s.split(',').any(|n| n.trim() == name));
+    if wants(GUEST_SCENARIO) {
         let insns = workspace_root().join("target/bench/guest-insns.json");
         guest_insns(quick, profile, &insns)?;
         cmd.arg("--guest-insns").arg(&insns);
     }
-    if !quick && scenario.is_none_or(|s| s == GUEST_IDLE_SCENARIO) {
+    if !quick && wants(GUEST_IDLE_SCENARIO) {
         let idle = workspace_root().join("target/bench/guest-idle.json");
         guest_idle(profile, &idle)?;
         cmd.arg("--guest-idle").arg(&idle);
