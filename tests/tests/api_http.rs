@@ -218,3 +218,98 @@ async fn connections_are_spread_over_the_worker_threads() {
     }
     panic!("closed connections still counted: {:?}", metrics());
 }
+
+/// Octavia's batch member update (`PUT /pools/{id}/members`, what Kubernetes' cloud provider and
+/// Terraform use): matched members are updated in place, new ones created, missing ones deleted
+/// unless `additive_only`; traffic follows; a bad entry changes nothing and names its index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_member_update_replaces_a_pools_members_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (echo_backend("a").await, echo_backend("b").await, echo_backend("c").await);
+    let work = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let lbd = Lbd::start(&work);
+        let api = Api::login(&lbd);
+        let port = free_port();
+        let member = |addr: std::net::SocketAddr| json!({"address": addr.ip().to_string(), "protocol_port": addr.port()});
+        let (code, lb) = api.post("/v2.0/lbaas/loadbalancers", json!({"loadbalancer": {"name": "batch", "vip_address": "127.0.0.1",
+            "listeners": [{"protocol": "HTTP", "protocol_port": port,
+                           "default_pool": {"protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN", "members": [member(a), member(b)]}}]}}));
+        assert_eq!(code, 201, "{lb}");
+        let id = lb["loadbalancer"]["id"].as_str().unwrap().to_string();
+        api.wait_active(&id);
+        let pool = api.get("/v2.0/lbaas/pools").1["pools"][0]["id"].as_str().unwrap().to_string();
+        let path = format!("/v2.0/lbaas/pools/{pool}/members");
+        let members = || {
+            let mut m: Vec<(u16, i64, String, String)> = api.get(&path).1["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| (m["protocol_port"].as_u64().unwrap() as u16, m["weight"].as_i64().unwrap(), m["name"].as_str().unwrap().to_string(), m["id"].as_str().unwrap().to_string()))
+                .collect();
+            m.sort();
+            m
+        };
+        let served = || -> std::collections::BTreeSet<String> {
+            (0..24)
+                .map(|_| {
+                    let out = Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/")]).output().unwrap();
+                    String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string()
+                })
+                .collect()
+        };
+        assert_eq!(served(), ["backend=a", "backend=b"].map(String::from).into());
+        let b_id = members().into_iter().find(|m| m.0 == b.port()).unwrap().3;
+
+        // b is kept (same id) and updated, c is created, a is deleted.
+        let mut b2 = member(b);
+        b2["weight"] = json!(2);
+        b2["name"] = json!("b2");
+        let (code, body) = api.put(&path, json!({"members": [b2, member(c)]}));
+        assert_eq!(code, 202, "{body}");
+        let now = members();
+        assert_eq!(now.len(), 2, "{now:?}");
+        assert!(now.iter().any(|m| *m == (b.port(), 2, "b2".to_string(), b_id.clone())), "{now:?}");
+        assert!(now.iter().any(|m| m.0 == c.port() && m.1 == 1), "{now:?}");
+        api.wait_active(&id);
+        assert_eq!(served(), ["backend=b", "backend=c"].map(String::from).into());
+        let (_, m) = api.get(&format!("{path}/{b_id}"));
+        assert_eq!(m["member"]["provisioning_status"], "ACTIVE", "{m}");
+
+        // additive_only keeps the members the list leaves out.
+        let (code, body) = api.put(&format!("{path}?additive_only=true"), json!({"members": [member(a)]}));
+        assert_eq!(code, 202, "{body}");
+        api.wait_active(&id);
+        let before = members();
+        assert_eq!(before.len(), 3, "{before:?}");
+        assert_eq!(served(), ["backend=a", "backend=b", "backend=c"].map(String::from).into());
+
+        // Bad input: a precise 400 (or 404), nothing changed, the load balancer not left pending.
+        let mut bad_weight = member(c);
+        bad_weight["weight"] = json!(1000);
+        for (query, body, status, says) in [
+            ("", json!({"members": [member(a), member(a)]}), 400, "members[1]: address 127.0.0.1 with protocol_port"),
+            ("", json!({"members": [member(a), {"address": "not-an-ip", "protocol_port": 80}]}), 400, "members[1]: Invalid input for field/attribute address"),
+            ("", json!({"members": [bad_weight]}), 400, "members[0]: Invalid input for field/attribute weight"),
+            ("", json!({"members": [{"address": "127.0.0.1", "protocol_port": 80, "colour": "red"}]}), 400, "colour"),
+            ("", json!({"member": []}), 400, "members"),
+            ("?additive_only=maybe", json!({"members": []}), 400, "additive_only"),
+        ] {
+            let (code, answer) = api.put(&format!("{path}{query}"), body.clone());
+            assert_eq!(code, status, "{body} -> {answer}");
+            assert!(answer["faultstring"].as_str().unwrap().contains(says), "{body} -> {answer}");
+            assert_eq!(members(), before, "{body} changed the members");
+            assert_eq!(api.get(&format!("/v2.0/lbaas/loadbalancers/{id}")).1["loadbalancer"]["provisioning_status"], "ACTIVE");
+        }
+        let (code, _) = api.put("/v2.0/lbaas/pools/00000000-0000-4000-8000-000000000000/members", json!({"members": []}));
+        assert_eq!(code, 404);
+
+        // An empty list empties the pool.
+        let (code, _) = api.put(&path, json!({"members": []}));
+        assert_eq!(code, 202);
+        assert!(members().is_empty());
+        api.wait_active(&id);
+    })
+    .await
+    .unwrap();
+}

@@ -85,7 +85,7 @@ async fn openapi() -> axum::Json<serde_json::Value> {
         ("Octavia", "/v2.0/lbaas/listeners/{id}/stats", &["get"]),
         ("Octavia", "/v2.0/lbaas/pools", &["get", "post"]),
         ("Octavia", "/v2.0/lbaas/pools/{id}", &["get", "put", "delete"]),
-        ("Octavia", "/v2.0/lbaas/pools/{pool_id}/members", &["get", "post"]),
+        ("Octavia", "/v2.0/lbaas/pools/{pool_id}/members", &["get", "post", "put"]),
         ("Octavia", "/v2.0/lbaas/pools/{pool_id}/members/{id}", &["get", "put", "delete"]),
         ("Octavia", "/v2.0/lbaas/healthmonitors", &["get", "post"]),
         ("Octavia", "/v2.0/lbaas/healthmonitors/{id}", &["get", "put", "delete"]),

@@ -1,4 +1,5 @@
-//! `/pools/{pool_id}/members`: create, list, show, update (weight 0 drains), delete.
+//! `/pools/{pool_id}/members`: create, list, show, update (weight 0 drains), delete, and
+//! Octavia's batch update (`PUT` on the collection: the pool's members become the list given).
 
 use std::sync::Arc;
 
@@ -31,7 +32,7 @@ pub fn fields() -> Vec<&'static str> {
 
 pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()
-        .route("/pools/{pool_id}/members", get(list).post(create))
+        .route("/pools/{pool_id}/members", get(list).post(create).put(replace))
         .route("/pools/{pool_id}/members/{id}", get(show).put(update).delete(delete))
 }
 
@@ -57,17 +58,23 @@ fn apply(m: &mut MemberRec, input: &Input) -> Result<(), OErr> {
     Ok(())
 }
 
-/// A new member of `pool` from `input` (validated, not yet stored).
-pub fn build(tx: &mut dyn Txn, p: &Principal, input: &Input, pool: &PoolRec) -> Result<MemberRec, OErr> {
+/// What identifies a member within its pool: its address (in canonical form) and port.
+fn identity(input: &Input) -> Result<(String, u16), OErr> {
     let address = input.required_str("address")?;
     let ip: std::net::IpAddr = address
         .parse()
         .map_err(|_| OErr::bad_request(format!("Invalid input for field/attribute address. Value: '{address}'. Not an IP address.")))?;
+    Ok((ip.to_string(), input.required_int("protocol_port", 1, 65535)? as u16))
+}
+
+/// A new member of `pool` from `input` (validated, not yet stored).
+pub fn build(tx: &mut dyn Txn, p: &Principal, input: &Input, pool: &PoolRec) -> Result<MemberRec, OErr> {
+    let (address, protocol_port) = identity(input)?;
     let mut m = MemberRec {
         common: new_common(p, input)?,
         pool_id: pool.common.id.clone(),
-        address: ip.to_string(),
-        protocol_port: input.required_int("protocol_port", 1, 65535)? as u16,
+        address,
+        protocol_port,
         weight: 1,
         backup: false,
         subnet_id: input.str("subnet_id")?,
@@ -102,6 +109,62 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(pool_id): Pa
     })?;
     tracing::info!(member = %m.common.id, address = %m.address, port = m.protocol_port, "member created");
     Ok((StatusCode::CREATED, Json(json!({"member": render::member(&m)}))))
+}
+
+/// `PUT /pools/{pool_id}/members`: members of the list that match an existing member by address
+/// and port update it, the others are created, and existing members the list leaves out are
+/// deleted unless `?additive_only=true`. Every entry is validated before anything changes (one
+/// transaction); 202 as Octavia answers, the new state visible to GETs at once.
+async fn replace(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(pool_id): Path<String>, RawQuery(q): RawQuery, body: Bytes) -> Result<StatusCode, OErr> {
+    p.require_write()?;
+    let additive_only = match query_pairs(q.as_deref()).iter().rev().find(|(k, _)| k == "additive_only").map(|(_, v)| v.to_ascii_lowercase()) {
+        None => false,
+        Some(v) if v == "true" || v == "1" => true,
+        Some(v) if v == "false" || v == "0" => false,
+        Some(v) => return Err(OErr::bad_request(format!("Invalid input for query parameter additive_only. Value: '{v}'. Expected true or false."))),
+    };
+    let root: Value = serde_json::from_slice(&body).map_err(|e| OErr::bad_request(format!("Invalid JSON body: {e}")))?;
+    let root = Input::from_value(root, "members", &["members"])?;
+    if !root.has("members") {
+        return Err(OErr::bad_request("Missing mandatory field: members"));
+    }
+    let inputs = root.objects("members")?.into_iter().map(|m| Input::from_value(m, "members", &fields())).collect::<Result<Vec<_>, _>>()?;
+    let (created, updated, deleted) = s.write(|tx| -> Result<(usize, usize, usize), OErr> {
+        let pool = pool_of(tx, &p, &pool_id)?;
+        lock_lb(tx, &p, &pool.loadbalancer_id)?;
+        let existing: Vec<MemberRec> = tx.list::<MemberRec>(Kind::Member)?.into_iter().filter(|m| m.pool_id == pool_id).collect();
+        let mut listed: Vec<(String, u16)> = Vec::with_capacity(inputs.len());
+        let (mut created, mut updated) = (0, 0);
+        for (i, input) in inputs.iter().enumerate() {
+            let entry = |e: OErr| OErr::new(e.status, format!("members[{i}]: {}", e.message));
+            let key = identity(input).map_err(entry)?;
+            if listed.contains(&key) {
+                return Err(OErr::bad_request(format!("members[{i}]: address {} with protocol_port {} is in the list more than once", key.0, key.1)));
+            }
+            match existing.iter().find(|m| m.address == key.0 && m.protocol_port == key.1) {
+                Some(old) => {
+                    let mut m = old.clone();
+                    update_common(&mut m.common, input).and_then(|()| apply(&mut m, input)).map_err(entry)?;
+                    tx.put(Kind::Member, &m.common.id, &m)?;
+                    updated += 1;
+                }
+                None => {
+                    let m = build(tx, &p, input, &pool).map_err(entry)?;
+                    tx.put(Kind::Member, &m.common.id, &m)?;
+                    created += 1;
+                }
+            }
+            listed.push(key);
+        }
+        let mut deleted = 0;
+        for m in existing.iter().filter(|m| !additive_only && !listed.iter().any(|(a, port)| *a == m.address && *port == m.protocol_port)) {
+            tx.delete(Kind::Member, &m.common.id)?;
+            deleted += 1;
+        }
+        Ok((created, updated, deleted))
+    })?;
+    tracing::info!(pool = %pool_id, created, updated, deleted, additive_only, "pool members replaced");
+    Ok(StatusCode::ACCEPTED)
 }
 
 async fn list(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(pool_id): Path<String>, RawQuery(q): RawQuery) -> Result<Json<Value>, OErr> {
