@@ -262,6 +262,79 @@ pub struct Pool {
     pub members: Vec<Member>,
     /// TLS to members (`tls_enabled`); `None` means plain TCP.
     pub tls: Option<PoolTls>,
+    /// Active health checking of the members (`healthmonitor`); `None`: members are not checked.
+    pub health_monitor: Option<HealthMonitor>,
+}
+
+/// How a pool's members are checked (Octavia's health monitor).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthMonitor {
+    pub id: Id,
+    pub kind: MonitorKind,
+    /// Time between two checks of a member.
+    pub delay: std::time::Duration,
+    /// How long one check may take.
+    pub timeout: std::time::Duration,
+    /// Consecutive successes that bring a failed member back (`max_retries`).
+    pub rise: u32,
+    /// Consecutive failures that take a member out (`max_retries_down`).
+    pub fall: u32,
+    /// For `HTTP` and `HTTPS`.
+    pub http: Option<HttpCheck>,
+    /// `false`: checks stop and every member counts as healthy.
+    pub admin_state_up: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MonitorKind {
+    /// TCP connect.
+    Tcp,
+    /// An HTTP request over TCP, answered with an expected status.
+    Http,
+    /// The same over TLS (the member's certificate is not verified).
+    Https,
+    /// A TLS handshake (the member's certificate is not verified).
+    TlsHello,
+    /// A UDP datagram not refused (no ICMP port unreachable) within the timeout.
+    UdpConnect,
+    /// ICMP echo.
+    Ping,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpCheck {
+    pub method: String,
+    pub path: String,
+    /// Expected status codes, as inclusive ranges (`200`, `200-204`, `200,202`).
+    pub expected: Vec<(u16, u16)>,
+    /// `Host` header (`domain_name`); the member's address when absent.
+    pub host: Option<String>,
+}
+
+impl HttpCheck {
+    /// Parses Octavia's `expected_codes`: codes and ranges separated by commas.
+    pub fn parse_codes(codes: &str) -> Result<Vec<(u16, u16)>, String> {
+        let code = |c: &str| -> Result<u16, String> {
+            c.trim().parse::<u16>().ok().filter(|n| (100..=599).contains(n)).ok_or_else(|| format!("'{}' is not an HTTP status code (100-599)", c.trim()))
+        };
+        codes
+            .split(',')
+            .map(|part| match part.split_once('-') {
+                Some((lo, hi)) => {
+                    let (lo, hi) = (code(lo)?, code(hi)?);
+                    if lo > hi {
+                        return Err(format!("range '{}' runs backwards", part.trim()));
+                    }
+                    Ok((lo, hi))
+                }
+                None => code(part).map(|c| (c, c)),
+            })
+            .collect()
+    }
+
+    pub fn expects(&self, status: u16) -> bool {
+        self.expected.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
 }
 
 /// How lb talks TLS to a pool's members.
@@ -293,12 +366,18 @@ pub struct Member {
     /// 0 drains the member: no new connections.
     pub weight: u32,
     pub admin_state_up: bool,
+    /// Where the health monitor checks this member (`monitor_address`/`monitor_port`), when
+    /// not at its own address and port.
+    pub monitor_address: Option<IpAddr>,
+    pub monitor_port: Option<u16>,
+    /// `false` when the pool's health monitor has taken it out; always `true` without one.
+    pub healthy: bool,
 }
 
 impl Member {
-    /// Weight as used for balancing: 0 when administratively down.
+    /// Weight as used for balancing: 0 when administratively down or failing its health checks.
     pub fn effective_weight(&self) -> u32 {
-        if self.admin_state_up { self.weight } else { 0 }
+        if self.admin_state_up && self.healthy { self.weight } else { 0 }
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use crate::daemon::Daemon;
 use crate::desired;
+use crate::health::Verdict;
 use crate::store::octavia::{ACTIVE, ERROR};
 use crate::store::seal::Kek;
 use crate::store::{Kind, Store, StoreError, Txn, TxnExt};
@@ -42,22 +43,26 @@ impl Controller {
         self.wake.notify_one();
     }
 
-    /// Runs forever: one round now, then one per kick.
+    /// Runs forever: one round now, then one per kick or change of a member's health.
     pub async fn run(self: Arc<Self>) {
         loop {
             if let Err(e) = self.round().await {
                 tracing::error!(error = %e, "reconcile round failed; retrying on the next change");
             }
-            self.wake.notified().await;
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = self.daemon.health.changed().notified() => {}
+            }
         }
     }
 
     async fn round(&self) -> Result<(), StoreError> {
-        let (built, rev) = {
+        let (mut built, rev) = {
             let mut tx = self.store.begin()?;
             let rev = revision(&mut *tx)?;
             (desired::build(&mut *tx, &self.kek, rev)?, rev)
         };
+        self.daemon.health.overlay(&mut built.state);
         let report = self.daemon.apply(&built.state).await;
 
         let mut tx = self.store.begin()?;
@@ -87,28 +92,48 @@ impl Controller {
             };
             set_status(&mut *tx, Kind::Listener, &id, &mut l, prov, op)?;
         }
+        // Members: ONLINE or ERROR by their health checks (NO_MONITOR without a monitor, until
+        // its first check); per pool, how many monitored members are out of how many.
+        let mut down: std::collections::HashMap<String, (usize, usize)> = std::collections::HashMap::new();
+        for mut m in tx.list_raw(Kind::Member)? {
+            let id = m["id"].as_str().unwrap_or("").to_string();
+            let op = match (m["admin_state_up"].as_bool().unwrap_or(true), self.daemon.health.verdict(&id)) {
+                (false, _) => "OFFLINE",
+                (true, None) | (true, Some(Verdict { checked: false, .. })) => "NO_MONITOR",
+                (true, Some(v)) => {
+                    let counts = down.entry(m["pool_id"].as_str().unwrap_or("").to_string()).or_default();
+                    counts.1 += 1;
+                    if v.healthy {
+                        "ONLINE"
+                    } else {
+                        counts.0 += 1;
+                        "ERROR"
+                    }
+                }
+            };
+            set_status(&mut *tx, Kind::Member, &id, &mut m, ACTIVE, op)?;
+        }
         for mut p in tx.list_raw(Kind::Pool)? {
             let id = p["id"].as_str().unwrap_or("").to_string();
             let failure = built.errors.get(&id).cloned().or_else(|| report.pools.get(&id).and_then(|r| r.clone().err()));
-            let (prov, op) = match failure {
-                Some(e) => {
+            let (prov, op) = match (failure, down.get(&id).copied().unwrap_or_default()) {
+                (Some(e), _) => {
                     tracing::warn!(pool = %id, error = %e, "pool provisioning failed");
                     (ERROR, "ERROR")
                 }
-                None if p["admin_state_up"].as_bool().unwrap_or(true) => (ACTIVE, "ONLINE"),
-                None => (ACTIVE, "OFFLINE"),
+                (None, _) if !p["admin_state_up"].as_bool().unwrap_or(true) => (ACTIVE, "OFFLINE"),
+                (None, (0, _)) => (ACTIVE, "ONLINE"),
+                (None, (out, all)) => {
+                    degraded.insert(p["loadbalancer_id"].as_str().unwrap_or("").to_string());
+                    (ACTIVE, if out == all { "ERROR" } else { "DEGRADED" })
+                }
             };
             set_status(&mut *tx, Kind::Pool, &id, &mut p, prov, op)?;
         }
-        for mut m in tx.list_raw(Kind::Member)? {
-            // No active health checking yet: Octavia reports NO_MONITOR for such members.
-            let op = if m["admin_state_up"].as_bool().unwrap_or(true) { "NO_MONITOR" } else { "OFFLINE" };
-            let id = m["id"].as_str().unwrap_or("").to_string();
-            set_status(&mut *tx, Kind::Member, &id, &mut m, ACTIVE, op)?;
-        }
         for mut h in tx.list_raw(Kind::HealthMonitor)? {
             let id = h["id"].as_str().unwrap_or("").to_string();
-            set_status(&mut *tx, Kind::HealthMonitor, &id, &mut h, ACTIVE, "ONLINE")?;
+            let op = if h["admin_state_up"].as_bool().unwrap_or(true) { "ONLINE" } else { "OFFLINE" };
+            set_status(&mut *tx, Kind::HealthMonitor, &id, &mut h, ACTIVE, op)?;
         }
         // L7 policies and rules are stored but not enforced yet: OFFLINE says so.
         for kind in [Kind::L7Policy, Kind::L7Rule] {

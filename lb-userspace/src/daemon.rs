@@ -7,6 +7,7 @@ use axum::Router;
 use axum::routing::get;
 use tokio::sync::Mutex;
 
+use crate::health::HealthChecks;
 use crate::metrics::Metrics;
 use crate::reconcile::{ApplyReport, Reconciler};
 use crate::tls::accept::OffloadPolicy;
@@ -36,6 +37,8 @@ impl KtlsMode {
 pub struct Daemon {
     pub metrics: Arc<Metrics>,
     pub policy: Arc<OffloadPolicy>,
+    /// Health checks of monitored members (their verdicts go into the next desired state).
+    pub health: HealthChecks,
     reconciler: Mutex<Reconciler>,
 }
 
@@ -73,12 +76,15 @@ impl Daemon {
             x.spawn_maintenance(metrics.clone());
         }
         let reconciler = Mutex::new(Reconciler::new(policy.clone(), metrics.clone(), xdp));
-        Arc::new(Daemon { metrics, policy, reconciler })
+        let health = HealthChecks::new(metrics.clone());
+        Arc::new(Daemon { metrics, policy, health, reconciler })
     }
 
-    /// Makes the data plane match `state`.
+    /// Makes the data plane match `state`, and checks the members it monitors.
     pub async fn apply(&self, state: &DesiredState) -> ApplyReport {
-        self.reconciler.lock().await.apply(state)
+        let report = self.reconciler.lock().await.apply(state);
+        self.health.apply(state);
+        report
     }
 
     /// `/metrics` and `/healthz`.

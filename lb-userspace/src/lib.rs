@@ -7,6 +7,7 @@ pub mod api;
 pub mod certs;
 pub mod controller;
 pub mod desired;
+pub mod health;
 pub mod store;
 pub mod tls;
 pub mod metrics;

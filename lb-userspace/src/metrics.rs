@@ -134,6 +134,8 @@ pub struct Metrics {
     pub connections_denied: Family<ListenerReasonLabels, Counter>,
     pub member_errors: Family<MemberLabels, Counter>,
     pub member_connections: Family<PoolMemberLabels, Counter>,
+    pub member_healthy: Family<PoolMemberLabels, Gauge>,
+    pub health_check_failures: Family<MemberLabels, Counter>,
     pub handshake_failures: Family<ListenerReasonLabels, Counter>,
     pub member_tls: Family<PoolOffloadLabels, Counter>,
     pub member_tls_verification: Family<PoolVerificationLabels, Gauge>,
@@ -173,6 +175,8 @@ impl Metrics {
             connections_denied: Family::default(),
             member_errors: Family::default(),
             member_connections: Family::default(),
+            member_healthy: Family::default(),
+            health_check_failures: Family::default(),
             handshake_failures: Family::default(),
             member_tls: Family::default(),
             member_tls_verification: Family::default(),
@@ -214,6 +218,8 @@ impl Metrics {
         registry.register("connections_denied", "Connections lbd's own listeners closed at once, by reason (allowed_cidrs)", m.connections_denied.clone());
         registry.register("request_errors", "Requests answered with a 5xx by lbd or the member, per listener", m.request_errors.clone());
         registry.register("member_errors", "Failures talking to members, by reason (TLS verification failures by their reason)", m.member_errors.clone());
+        registry.register("member_healthy", "1 while a monitored member is in service, 0 while its health checks have taken it out", m.member_healthy.clone());
+        registry.register("health_check_failures", "Failed health checks of a member, by reason", m.health_check_failures.clone());
         registry.register("member_connections", "TCP connections lbd opened to a member (a pooled HTTP connection reused is not counted again)", m.member_connections.clone());
         registry.register(
             "tls_handshake_failures",

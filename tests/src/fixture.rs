@@ -54,10 +54,11 @@ pub fn state(port: u16, backends: &[SocketAddr], tls: ListenerTls, pool_protocol
                 lb_algorithm: LbAlgorithm::RoundRobin,
                 admin_state_up: true,
                 tls: None,
+                health_monitor: None,
                 members: backends
                     .iter()
                     .enumerate()
-                    .map(|(i, a)| Member { id: format!("m{i}"), address: a.ip(), protocol_port: a.port(), weight: 1, admin_state_up: true })
+                    .map(|(i, a)| Member { id: format!("m{i}"), address: a.ip(), protocol_port: a.port(), weight: 1, admin_state_up: true, monitor_address: None, monitor_port: None, healthy: true })
                     .collect(),
             }],
         }],

@@ -115,7 +115,9 @@ openstack loadbalancer listener set --default-tls-container-ref $(openstack secr
         let stats = lbd.os(&["loadbalancer", "stats", "show", "lb1", "-f", "value", "-c", "total_connections"]);
         assert!(stats.parse::<u64>().unwrap() >= 3, "{stats}");
         let status = lbd.os(&["loadbalancer", "status", "show", "lb1"]);
-        assert!(status.contains("\"operating_status\": \"ONLINE\"") && status.contains("NO_MONITOR"), "{status}");
+        assert!(status.contains("\"operating_status\": \"ONLINE\"") && !status.contains("ERROR"), "{status}");
+        // The HTTP health monitor created above checks the member: ONLINE, not NO_MONITOR.
+        assert_eq!(lbd.os(&["loadbalancer", "member", "list", "pool1", "-f", "value", "-c", "operating_status"]), "ONLINE");
         assert!(lbd.os(&["loadbalancer", "list", "-f", "value", "-c", "name", "-c", "provisioning_status"]).contains("lb1 ACTIVE"));
         assert!(lbd.os(&["loadbalancer", "member", "list", "pool1", "-f", "value", "-c", "protocol_port"]).contains(&backend.port().to_string()));
         lbd.script(&work, r#"

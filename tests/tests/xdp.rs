@@ -300,6 +300,40 @@ fn removing_a_member_moves_only_its_flows_and_established_flows_drain() {
     assert!(series(&metrics, "lb_xdp_active_flows", &format!("listener=\"{listener}\"")) >= 1.0, "{metrics}");
 }
 
+/// A member whose health checks fail leaves XDP's Maglev ring (no new flows) and returns when
+/// they pass again: the checks of member 3 are pointed at a closed port, then back.
+#[test]
+fn members_failing_health_checks_get_no_new_flows_in_xdp() {
+    let rig = Rig::new(1);
+    let (_, pool, members) = rig.listener(json!({"protocol": "TCP", "protocol_port": 80}), "TCP", HTTP_PORT);
+    let (code, hm) = rig.api.post("/v2.0/lbaas/healthmonitors", json!({"healthmonitor": {"pool_id": pool, "type": "TCP", "delay": 1, "timeout": 2, "max_retries": 1, "max_retries_down": 1}}));
+    assert_eq!(code, 201, "{hm}");
+    rig.api.wait_active(&rig.lb);
+    let member3 = format!("/v2.0/lbaas/pools/{pool}/members/{}", members[&3]);
+    let wait_status = |want: &str| {
+        for _ in 0..600 {
+            if rig.api.get(&member3).1["member"]["operating_status"] == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("member 3 never became {want}: {}", rig.api.get(&member3).1);
+    };
+    wait_status("ONLINE");
+    let (code, body) = rig.api.put(&member3, json!({"member": {"monitor_port": 9}}));
+    assert_eq!(code, 200, "{body}");
+    rig.api.wait_active(&rig.lb);
+    wait_status("ERROR");
+    let seen = rig.spread(30, 80);
+    assert!(!seen.contains_key("member3") && seen.len() == 2, "{seen:?}");
+    let (code, body) = rig.api.put(&member3, json!({"member": {"monitor_port": HTTP_PORT}}));
+    assert_eq!(code, 200, "{body}");
+    rig.api.wait_active(&rig.lb);
+    wait_status("ONLINE");
+    let seen = rig.spread(30, 80);
+    assert!(seen.contains_key("member3"), "{seen:?}");
+}
+
 #[test]
 fn udp_datagrams_are_balanced_answered_from_the_vip_and_counted_exactly() {
     let rig = Rig::new(1);

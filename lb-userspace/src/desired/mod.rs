@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lb_common::model::*;
 
-use crate::store::octavia::{ListenerRec, LoadBalancerRec, MemberRec, PoolRec};
+use crate::store::octavia::{HealthMonitorRec, ListenerRec, LoadBalancerRec, MemberRec, PoolRec};
 use tlsref::RefError;
 use crate::store::seal::Kek;
 use crate::store::{Kind, StoreError, Txn, TxnExt};
@@ -184,8 +184,41 @@ pub fn syn_rate(tags: &[String]) -> Result<Option<SynRate>, String> {
         .transpose()
 }
 
-fn pool(tx: &mut dyn Txn, kek: &Kek, p: &PoolRec, members: &[MemberRec]) -> Result<Pool, String> {
+/// The data plane's form of a stored health monitor.
+pub fn health_monitor(h: &HealthMonitorRec) -> Result<HealthMonitor, String> {
+    let kind = match h.kind.as_str() {
+        "TCP" => MonitorKind::Tcp,
+        "HTTP" => MonitorKind::Http,
+        "HTTPS" => MonitorKind::Https,
+        "TLS-HELLO" => MonitorKind::TlsHello,
+        "UDP-CONNECT" => MonitorKind::UdpConnect,
+        "PING" => MonitorKind::Ping,
+        other => return Err(format!("health monitor type {other} is not supported")),
+    };
+    let http = match kind {
+        MonitorKind::Http | MonitorKind::Https => Some(HttpCheck {
+            method: h.http_method.clone().unwrap_or_else(|| "GET".into()),
+            path: h.url_path.clone().unwrap_or_else(|| "/".into()),
+            expected: HttpCheck::parse_codes(h.expected_codes.as_deref().unwrap_or("200")).map_err(|e| format!("expected_codes: {e}"))?,
+            host: h.domain_name.clone(),
+        }),
+        _ => None,
+    };
+    Ok(HealthMonitor {
+        id: h.common.id.clone(),
+        kind,
+        delay: Duration::from_secs(h.delay),
+        timeout: Duration::from_secs(h.timeout),
+        rise: h.max_retries,
+        fall: h.max_retries_down,
+        http,
+        admin_state_up: h.common.admin_state_up,
+    })
+}
+
+fn pool(tx: &mut dyn Txn, kek: &Kek, p: &PoolRec, members: &[MemberRec], monitors: &[HealthMonitorRec]) -> Result<Pool, String> {
     Ok(Pool {
+        health_monitor: monitors.iter().find(|h| h.pool_id == p.common.id).map(health_monitor).transpose()?,
         id: p.common.id.clone(),
         protocol: pool_protocol(&p.protocol).ok_or_else(|| format!("protocol {} is not supported", p.protocol))?,
         lb_algorithm: lb_algorithm(&p.lb_algorithm).ok_or_else(|| format!("lb_algorithm {} is not supported", p.lb_algorithm))?,
@@ -201,6 +234,9 @@ fn pool(tx: &mut dyn Txn, kek: &Kek, p: &PoolRec, members: &[MemberRec]) -> Resu
                     protocol_port: m.protocol_port,
                     weight: m.weight,
                     admin_state_up: m.common.admin_state_up,
+                    monitor_address: m.monitor_address.as_deref().and_then(|a| a.parse().ok()),
+                    monitor_port: m.monitor_port,
+                    healthy: true,
                 })
             })
             .collect(),
@@ -213,6 +249,7 @@ pub fn build(tx: &mut dyn Txn, kek: &Kek, generation: u64) -> Result<Built, Stor
     let listeners: Vec<ListenerRec> = tx.list(Kind::Listener)?;
     let pools: Vec<PoolRec> = tx.list(Kind::Pool)?;
     let members: Vec<MemberRec> = tx.list(Kind::Member)?;
+    let monitors: Vec<HealthMonitorRec> = tx.list(Kind::HealthMonitor)?;
     let mut errors = BTreeMap::new();
     let mut load_balancers = Vec::new();
     for lb in &lbs {
@@ -227,7 +264,7 @@ pub fn build(tx: &mut dyn Txn, kek: &Kek, generation: u64) -> Result<Built, Stor
             }
         }
         for p in pools.iter().filter(|p| p.loadbalancer_id == lb.common.id) {
-            match pool(tx, kek, p, &members) {
+            match pool(tx, kek, p, &members, &monitors) {
                 Ok(built) => out.pools.push(built),
                 Err(e) => {
                     errors.insert(p.common.id.clone(), e);

@@ -299,6 +299,7 @@ fn apply_hm(h: &mut HealthMonitorRec, input: &Input) -> Result<(), OErr> {
         h.url_path = Some(v);
     }
     if let Some(v) = input.str("expected_codes")? {
+        lb_common::model::HttpCheck::parse_codes(&v).map_err(|e| OErr::bad_request(format!("Invalid input for field/attribute expected_codes. Value: '{v}'. {e}.")))?;
         h.expected_codes = Some(v);
     }
     if let Some(v) = input.str("domain_name")? {
@@ -316,6 +317,9 @@ fn build_hm(tx: &mut dyn Txn, p: &Principal, input: &Input, pool: &PoolRec) -> R
         return Err(OErr::conflict(format!("Pool {} already has health monitor {}.", pool.common.id, existing.common.id)));
     }
     let kind = input.choice("type", HM_TYPES)?.ok_or_else(|| OErr::bad_request("Invalid input for field/attribute type. Mandatory field missing."))?;
+    if kind == "SCTP" {
+        return Err(OErr::bad_request("Invalid input for field/attribute type. Value: 'SCTP'. SCTP health monitors are not supported by lbd."));
+    }
     let http = kind == "HTTP" || kind == "HTTPS";
     let mut h = HealthMonitorRec {
         common: new_common(p, input)?,
