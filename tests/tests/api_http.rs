@@ -304,6 +304,23 @@ async fn batch_member_update_replaces_a_pools_members_all_or_nothing() {
         let (code, _) = api.put("/v2.0/lbaas/pools/00000000-0000-4000-8000-000000000000/members", json!({"members": []}));
         assert_eq!(code, 404);
 
+        // A member quota of 3 (the pool has 3): a batch that would add a fourth is refused
+        // whole with Octavia's 403; updating the three in place is not an addition.
+        let project = lb["loadbalancer"]["project_id"].as_str().unwrap().to_string();
+        let (code, q) = api.put(&format!("/v2.0/lbaas/quotas/{project}"), json!({"quota": {"member": 3}}));
+        assert_eq!((code, q["quota"]["member"].as_i64()), (200, Some(3)), "{q}");
+        let spare = free_port();
+        let (code, body) = api.put(&format!("{path}?additive_only=true"), json!({"members": [{"address": "127.0.0.1", "protocol_port": spare}]}));
+        assert_eq!(code, 403, "{body}");
+        assert!(body["faultstring"].as_str().unwrap().contains("Quota has been met for resources: member"), "{body}");
+        assert_eq!(members(), before);
+        let (code, body) = api.put(&path, json!({"members": [member(a), member(b), member(c)]}));
+        assert_eq!(code, 202, "{body}");
+        api.wait_active(&id);
+        let (code, _) = api.delete(&format!("/v2.0/lbaas/quotas/{project}"));
+        assert_eq!(code, 204);
+        assert_eq!(api.get(&format!("/v2.0/lbaas/quotas/{project}")).1["quota"]["member"], -1);
+
         // An empty list empties the pool.
         let (code, _) = api.put(&path, json!({"members": []}));
         assert_eq!(code, 202);

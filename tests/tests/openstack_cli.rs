@@ -293,6 +293,25 @@ openstack loadbalancer member create --address 127.0.0.1 --protocol-port {backen
         assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 403"), "{}", String::from_utf8_lossy(&out.stderr));
         let admin_sees = lbd.os(&["loadbalancer", "list", "-f", "value", "-c", "name"]);
         assert!(admin_sees.contains("alice-lb") && admin_sees.contains("bob-lb"), "admin sees all: {admin_sees}");
+
+        // Quotas: the admin limits p2 (named; the CLI resolves it through /v3/projects) to the one
+        // load balancer it has; bob's second is refused with Octavia's 403, reading his own quota
+        // is allowed, setting it is not, and a reset lifts the limit.
+        assert_eq!(lbd.os(&["loadbalancer", "quota", "defaults", "show", "-f", "value", "-c", "load_balancer"]), "-1");
+        lbd.os(&["loadbalancer", "quota", "set", "--loadbalancer", "1", "--member", "5", "p2"]);
+        assert_eq!(lbd.os(&["loadbalancer", "quota", "show", "p2", "-f", "value", "-c", "load_balancer", "-c", "member", "-c", "pool"]), "1\n-1\n5", "rows in the CLI's order: load_balancer, pool, member");
+        assert_eq!(lbd.os(&["loadbalancer", "quota", "list", "-f", "value", "-c", "load_balancer"]), "1");
+        let out = as_user("bob", "p2", &["loadbalancer", "create", "--name", "bob-lb2", "--vip-subnet-id", "lo-127.0.0.0", "--vip-address", "127.0.0.5"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("Quota has been met for resources: load_balancer") && err.contains("HTTP 403"), "{err}");
+        let out = as_user("bob", "p2", &["loadbalancer", "quota", "show", "p2", "-f", "value", "-c", "load_balancer"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{}", String::from_utf8_lossy(&out.stderr));
+        let out = as_user("bob", "p2", &["loadbalancer", "quota", "set", "--loadbalancer", "9", "p2"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 403"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(lbd.os_fails(&["loadbalancer", "quota", "set", "--loadbalancer", "-2", "p2"]).contains("load_balancer"));
+        lbd.os(&["loadbalancer", "quota", "reset", "p2"]);
+        let out = as_user("bob", "p2", &["loadbalancer", "create", "--name", "bob-lb2", "--vip-subnet-id", "lo-127.0.0.0", "--vip-address", "127.0.0.5", "--wait"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     })
     .await
     .unwrap();

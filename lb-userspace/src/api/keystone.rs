@@ -27,6 +27,34 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/v3", get(version))
         .route("/v3/", get(version))
         .route("/v3/auth/tokens", get(validate).post(issue))
+        .route("/v3/projects", get(list_projects))
+        .route("/v3/projects/{id}", get(show_project))
+}
+
+fn project_body(p: &ProjectRec, base: &str) -> Value {
+    json!({"id": p.id, "name": p.name, "domain_id": "default", "parent_id": "default", "enabled": true, "is_domain": false,
+           "description": "", "tags": [], "links": {"self": format!("{base}/v3/projects/{}", p.id)}})
+}
+
+/// `GET /v3/projects[?name=N]`: every project for an admin (what clients use to turn a project
+/// name into its id, e.g. `openstack loadbalancer quota set ... PROJECT`); others see theirs.
+async fn list_projects(State(s): State<Arc<ApiState>>, Auth(caller, _): Auth<Keystone>, axum::extract::RawQuery(q): axum::extract::RawQuery) -> Result<Json<Value>, KErr> {
+    let name = super::query_pairs(q.as_deref()).into_iter().find(|(k, _)| k == "name").map(|(_, v)| v);
+    let projects: Vec<ProjectRec> = s.read(|tx| tx.list(Kind::Project).map_err(KErr::from))?;
+    let items: Vec<Value> = projects
+        .iter()
+        .filter(|p| caller.sees(&p.id) && name.as_ref().is_none_or(|n| *n == p.name))
+        .map(|p| project_body(p, &s.public_url))
+        .collect();
+    Ok(Json(json!({"projects": items, "links": {"self": format!("{}/v3/projects", s.public_url), "next": null, "previous": null}})))
+}
+
+async fn show_project(State(s): State<Arc<ApiState>>, Auth(caller, _): Auth<Keystone>, axum::extract::Path(id): axum::extract::Path<String>) -> Result<Json<Value>, KErr> {
+    let p: Option<ProjectRec> = s.read(|tx| tx.get(Kind::Project, &id).map_err(KErr::from))?;
+    match p.filter(|p| caller.sees(&p.id)) {
+        Some(p) => Ok(Json(json!({"project": project_body(&p, &s.public_url)}))),
+        None => Err(KErr::not_found("Project", &id)),
+    }
 }
 
 async fn version(State(s): State<Arc<ApiState>>) -> Json<Value> {

@@ -65,6 +65,8 @@ async fn openapi() -> axum::Json<serde_json::Value> {
     const ROUTES: &[(&str, &str, &[&str])] = &[
         ("Keystone", "/v3", &["get"]),
         ("Keystone", "/v3/auth/tokens", &["get", "post"]),
+        ("Keystone", "/v3/projects", &["get"]),
+        ("Keystone", "/v3/projects/{id}", &["get"]),
         ("Barbican", "/", &["get"]),
         ("Barbican", "/v1/", &["get"]),
         ("Barbican", "/v1/secrets", &["get", "post"]),
@@ -87,6 +89,9 @@ async fn openapi() -> axum::Json<serde_json::Value> {
         ("Octavia", "/v2.0/lbaas/pools/{id}", &["get", "put", "delete"]),
         ("Octavia", "/v2.0/lbaas/pools/{pool_id}/members", &["get", "post", "put"]),
         ("Octavia", "/v2.0/lbaas/pools/{pool_id}/members/{id}", &["get", "put", "delete"]),
+        ("Octavia", "/v2.0/lbaas/quotas", &["get"]),
+        ("Octavia", "/v2.0/lbaas/quotas/defaults", &["get"]),
+        ("Octavia", "/v2.0/lbaas/quotas/{project_id}", &["get", "put", "delete"]),
         ("Octavia", "/v2.0/lbaas/healthmonitors", &["get", "post"]),
         ("Octavia", "/v2.0/lbaas/healthmonitors/{id}", &["get", "put", "delete"]),
         ("Octavia", "/v2.0/lbaas/l7policies", &["get", "post"]),

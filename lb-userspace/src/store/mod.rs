@@ -33,6 +33,8 @@ pub enum Kind {
     HealthMonitor,
     L7Policy,
     L7Rule,
+    /// Octavia quotas, one per project that has any set.
+    Quota,
 }
 
 impl Kind {
@@ -53,6 +55,7 @@ impl Kind {
             Kind::HealthMonitor => "healthmonitor",
             Kind::L7Policy => "l7policy",
             Kind::L7Rule => "l7rule",
+            Kind::Quota => "quota",
         }
     }
 }

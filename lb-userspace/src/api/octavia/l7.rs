@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::input::Input;
 use super::render::{self, World};
+use super::quotas::Usage;
 use super::{OErr, list_response, lock_lb, new_common, update_common, visible};
 use crate::api::auth::{Auth, Principal};
 use crate::api::error::Octavia;
@@ -104,6 +105,7 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> R
             redirect_http_code: None,
         };
         x.common.project_id = l.common.project_id.clone();
+        let usage = Usage::before(tx, &x.common.project_id)?;
         apply_policy(tx, &mut x, &input, &l)?;
         tx.put(Kind::L7Policy, &x.common.id, &x)?;
         for r in input.objects("rules")? {
@@ -111,6 +113,7 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> R
             let rule = build_rule(&p, &ri, &x)?;
             tx.put(Kind::L7Rule, &rule.common.id, &rule)?;
         }
+        usage.check(tx)?;
         Ok(render::l7policy(&World::load(tx)?, &x))
     })?;
     Ok((StatusCode::CREATED, Json(json!({"l7policy": out}))))
@@ -248,8 +251,10 @@ async fn create_rule(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Pa
     let input = Input::parse(&body, "rule", &rule_fields())?;
     let r = s.write(|tx| -> Result<L7RuleRec, OErr> {
         let x = lock_for(tx, &p, &id)?;
+        let usage = Usage::before(tx, &x.common.project_id)?;
         let r = build_rule(&p, &input, &x)?;
         tx.put(Kind::L7Rule, &r.common.id, &r)?;
+        usage.check(tx)?;
         Ok(r)
     })?;
     Ok((StatusCode::CREATED, Json(json!({"rule": render::l7rule(&r)}))))

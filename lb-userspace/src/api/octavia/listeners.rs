@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::input::Input;
 use super::render::{self, World};
+use super::quotas::Usage;
 use super::{OErr, list_response, lock_lb, new_common, update_common, visible};
 use crate::api::auth::{Auth, Principal};
 use crate::api::error::Octavia;
@@ -260,8 +261,10 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> R
     let lb_id = input.required_str("loadbalancer_id")?;
     let out = s.write(|tx| -> Result<Value, OErr> {
         let lb = lock_lb(tx, &p, &lb_id)?;
+        let usage = Usage::before(tx, &lb.common.project_id)?;
         let l = build(tx, &s, &p, &input, &lb)?;
         tx.put(Kind::Listener, &l.common.id, &l)?;
+        usage.check(tx)?;
         tracing::info!(listener = %l.common.id, protocol = %l.protocol, port = l.protocol_port, "listener created");
         Ok(render::listener(&World::load(tx)?, &l))
     })?;

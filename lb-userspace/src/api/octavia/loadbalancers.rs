@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::input::Input;
 use super::render::{self, World};
+use super::quotas::Usage;
 use super::{OErr, list_response, lock_lb, new_common, update_common, visible};
 use crate::api::auth::{Auth, Principal};
 use crate::api::error::Octavia;
@@ -104,8 +105,10 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> R
         availability_zone: input.str("availability_zone")?,
     };
     let out = s.write(|tx| -> Result<Value, OErr> {
+        let usage = Usage::before(tx, &lb.common.project_id)?;
         tx.put(Kind::LoadBalancer, &lb.common.id, &lb)?;
         super::pools::create_nested_lb_children(tx, &s, &p, &lb, &input)?;
+        usage.check(tx)?;
         let w = World::load(tx)?;
         Ok(render::loadbalancer(&w, &lb))
     })?;

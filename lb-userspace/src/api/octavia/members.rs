@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::input::Input;
 use super::pools::pool_of;
 use super::render::{self, World};
+use super::quotas::Usage;
 use super::{OErr, list_response, lock_lb, new_common, update_common};
 use crate::api::auth::{Auth, Principal};
 use crate::api::error::Octavia;
@@ -102,9 +103,11 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(pool_id): Pa
     let input = Input::parse(&body, "member", &fields())?;
     let m = s.write(|tx| -> Result<MemberRec, OErr> {
         let pool = pool_of(tx, &p, &pool_id)?;
-        lock_lb(tx, &p, &pool.loadbalancer_id)?;
+        let lb = lock_lb(tx, &p, &pool.loadbalancer_id)?;
+        let usage = Usage::before(tx, &lb.common.project_id)?;
         let m = build(tx, &p, &input, &pool)?;
         tx.put(Kind::Member, &m.common.id, &m)?;
+        usage.check(tx)?;
         Ok(m)
     })?;
     tracing::info!(member = %m.common.id, address = %m.address, port = m.protocol_port, "member created");
@@ -131,7 +134,8 @@ async fn replace(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(pool_id): P
     let inputs = root.objects("members")?.into_iter().map(|m| Input::from_value(m, "members", &fields())).collect::<Result<Vec<_>, _>>()?;
     let (created, updated, deleted) = s.write(|tx| -> Result<(usize, usize, usize), OErr> {
         let pool = pool_of(tx, &p, &pool_id)?;
-        lock_lb(tx, &p, &pool.loadbalancer_id)?;
+        let lb = lock_lb(tx, &p, &pool.loadbalancer_id)?;
+        let usage = Usage::before(tx, &lb.common.project_id)?;
         let existing: Vec<MemberRec> = tx.list::<MemberRec>(Kind::Member)?.into_iter().filter(|m| m.pool_id == pool_id).collect();
         let mut listed: Vec<(String, u16)> = Vec::with_capacity(inputs.len());
         let (mut created, mut updated) = (0, 0);
@@ -161,6 +165,7 @@ async fn replace(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(pool_id): P
             tx.delete(Kind::Member, &m.common.id)?;
             deleted += 1;
         }
+        usage.check(tx)?;
         Ok((created, updated, deleted))
     })?;
     tracing::info!(pool = %pool_id, created, updated, deleted, additive_only, "pool members replaced");

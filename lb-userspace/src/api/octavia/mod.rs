@@ -1,5 +1,5 @@
 //! Octavia v2.0 (`/v2.0/lbaas`, also `/v2/lbaas`): load balancers (with the fully populated
-//! single-call create), listeners, pools, members, health monitors; stats, status trees,
+//! single-call create), listeners, pools, members, health monitors, quotas; stats, status trees,
 //! cascade delete, filtering on any attribute, `fields=`, `limit`/`marker` paging.
 //!
 //! Writes set the object to PENDING_* and its load balancer to PENDING_UPDATE; the controller
@@ -12,6 +12,7 @@ mod listeners;
 mod loadbalancers;
 mod members;
 mod pools;
+mod quotas;
 mod render;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .merge(listeners::routes())
         .merge(pools::routes())
         .merge(members::routes())
+        .merge(quotas::routes())
         .merge(l7::routes());
     Router::new().nest("/v2.0/lbaas", api.clone()).nest("/v2/lbaas", api)
 }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::input::Input;
 use super::listeners::compatible;
 use super::render::{self, World};
+use super::quotas::Usage;
 use super::{OErr, list_response, lock_lb, new_common, update_common, visible};
 use crate::api::auth::{Auth, Principal};
 use crate::api::error::Octavia;
@@ -214,7 +215,9 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> R
             (None, None) => return Err(OErr::bad_request("Either listener_id or loadbalancer_id must be specified.")),
         };
         let lb = lock_lb(tx, &p, &lb_id)?;
+        let usage = Usage::before(tx, &lb.common.project_id)?;
         let pool = create_in(tx, &s, &p, &input, &lb, listener.as_mut())?;
+        usage.check(tx)?;
         tracing::info!(pool = %pool.common.id, "pool created");
         Ok(render::pool(&World::load(tx)?, &pool))
     })?;
@@ -350,9 +353,11 @@ async fn create_hm(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -
     let pool_id = input.required_str("pool_id")?;
     let out = s.write(|tx| -> Result<Value, OErr> {
         let pool = pool_of(tx, &p, &pool_id)?;
-        lock_lb(tx, &p, &pool.loadbalancer_id)?;
+        let lb = lock_lb(tx, &p, &pool.loadbalancer_id)?;
+        let usage = Usage::before(tx, &lb.common.project_id)?;
         let h = build_hm(tx, &p, &input, &pool)?;
         tx.put(Kind::HealthMonitor, &h.common.id, &h)?;
+        usage.check(tx)?;
         Ok(render::monitor(&h))
     })?;
     Ok((StatusCode::CREATED, Json(json!({"healthmonitor": out}))))
