@@ -310,6 +310,13 @@ openstack loadbalancer member create --address 127.0.0.1 --protocol-port {backen
         assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 403"), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(lbd.os_fails(&["loadbalancer", "quota", "set", "--loadbalancer", "-2", "p2"]).contains("load_balancer"));
         lbd.os(&["loadbalancer", "quota", "reset", "p2"]);
+
+        // What the service offers: one provider, no flavors or availability zones.
+        assert_eq!(lbd.os(&["loadbalancer", "provider", "list", "-f", "value", "-c", "name"]), "lbd");
+        assert_eq!(lbd.os(&["loadbalancer", "provider", "capability", "list", "lbd", "-f", "value"]), "");
+        assert!(lbd.os_fails(&["loadbalancer", "provider", "capability", "list", "f5"]).contains("Provider 'f5' is not enabled"));
+        assert_eq!(lbd.os(&["loadbalancer", "flavor", "list", "-f", "value"]), "");
+        assert_eq!(lbd.os(&["loadbalancer", "availabilityzone", "list", "-f", "value"]), "");
         let out = as_user("bob", "p2", &["loadbalancer", "create", "--name", "bob-lb2", "--vip-subnet-id", "lo-127.0.0.0", "--vip-address", "127.0.0.5", "--wait"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     })

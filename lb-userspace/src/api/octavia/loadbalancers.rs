@@ -85,7 +85,7 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> R
     p.require_write()?;
     let input = Input::parse(&body, "loadbalancer", FIELDS)?;
     if let Some(provider) = input.str("provider")?
-        && provider != "lbd" && provider != "amphora" && provider != "octavia"
+        && !super::providers::PROVIDERS.contains(&provider.as_str())
     {
         return Err(OErr::bad_request(format!("Provider '{provider}' is not enabled.")));
     }

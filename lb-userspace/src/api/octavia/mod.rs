@@ -12,6 +12,7 @@ mod listeners;
 mod loadbalancers;
 mod members;
 mod pools;
+mod providers;
 mod quotas;
 mod render;
 
@@ -35,6 +36,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .merge(pools::routes())
         .merge(members::routes())
         .merge(quotas::routes())
+        .merge(providers::routes())
         .merge(l7::routes());
     Router::new().nest("/v2.0/lbaas", api.clone()).nest("/v2/lbaas", api)
 }
