@@ -194,6 +194,59 @@ pub struct Listener {
     pub allowed_cidrs: Vec<crate::cidr::Cidr>,
     /// New connections per second one source may open (XDP); `None` uses lbd's default.
     pub syn_rate: Option<SynRate>,
+    /// L7 policies with their rules, in evaluation order (`position`); enabled ones only.
+    pub l7policies: Vec<L7Policy>,
+}
+
+/// An L7 policy: when every one of its rules matches a request, its action applies instead of
+/// the default pool. A policy without rules never matches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct L7Policy {
+    pub id: Id,
+    pub action: L7Action,
+    pub rules: Vec<L7Rule>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum L7Action {
+    /// 403 Forbidden.
+    Reject,
+    RedirectToPool(Id),
+    /// `Location: url` with `code` (301, 302, 303, 307 or 308).
+    RedirectToUrl { url: String, code: u16 },
+    /// `Location: prefix` followed by the request's path and query.
+    RedirectPrefix { prefix: String, code: u16 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct L7Rule {
+    pub kind: L7RuleKind,
+    pub compare: L7Compare,
+    /// Header, cookie or DN field name (`HEADER`, `COOKIE`, `SSL_DN_FIELD`).
+    pub key: Option<String>,
+    pub value: String,
+    pub invert: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L7RuleKind {
+    HostName,
+    Path,
+    FileType,
+    Header,
+    Cookie,
+    SslConnHasCert,
+    SslVerifyResult,
+    SslDnField,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L7Compare {
+    Regex,
+    StartsWith,
+    EndsWith,
+    Contains,
+    EqualTo,
 }
 
 /// A per-source new-connection rate limit: `rate` per second, up to `burst` at once.

@@ -135,11 +135,12 @@ impl Controller {
             let op = if h["admin_state_up"].as_bool().unwrap_or(true) { "ONLINE" } else { "OFFLINE" };
             set_status(&mut *tx, Kind::HealthMonitor, &id, &mut h, ACTIVE, op)?;
         }
-        // L7 policies and rules are stored but not enforced yet: OFFLINE says so.
+        // L7 policies and rules: enforced by their listener's data plane while enabled.
         for kind in [Kind::L7Policy, Kind::L7Rule] {
             for mut x in tx.list_raw(kind)? {
                 let id = x["id"].as_str().unwrap_or("").to_string();
-                set_status(&mut *tx, kind, &id, &mut x, ACTIVE, "OFFLINE")?;
+                let op = if x["admin_state_up"].as_bool().unwrap_or(true) { "ONLINE" } else { "OFFLINE" };
+                set_status(&mut *tx, kind, &id, &mut x, ACTIVE, op)?;
             }
         }
         for mut lb in tx.list_raw(Kind::LoadBalancer)? {

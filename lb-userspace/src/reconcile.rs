@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::metrics::{Metrics, PoolVerificationLabels, ResponseCounters};
+use crate::proxy::l7::L7Runtime;
 use crate::proxy::ListenerRuntime;
 use crate::proxy::listener;
 use crate::proxy::upstream::PoolRuntime;
@@ -174,12 +175,14 @@ impl Reconciler {
             (Some(n), Some((old, sem))) if old == n => Some((n, sem)),
             (Some(n), _) => Some((n, Arc::new(Semaphore::new(n as usize)))),
         };
+        let l7 = L7Runtime::build(&l.l7policies, |id| self.pools.get(id).map(|p| p.runtime.clone()))?;
         let runtime = Arc::new(ListenerRuntime {
             id: l.id.clone(),
             protocol: l.protocol,
             port: l.protocol_port,
             tls: tls.as_ref().map(|(_, c)| c.clone()),
             pool,
+            l7,
             timeouts: l.timeouts,
             insert_headers: l.insert_headers,
             connection_limit: limit.as_ref().map(|(_, s)| s.clone()),

@@ -47,6 +47,7 @@ pub fn state(port: u16, backends: &[SocketAddr], tls: ListenerTls, pool_protocol
                 tls: Some(tls),
                 allowed_cidrs: vec![],
                 syn_rate: None,
+                l7policies: vec![],
             }],
             pools: vec![Pool {
                 id: "p1".into(),

@@ -330,3 +330,80 @@ async fn batch_member_update_replaces_a_pools_members_all_or_nothing() {
     .await
     .unwrap();
 }
+
+/// L7 policies decide per request, first match by position: reject, redirect to a URL or a
+/// prefix, or another pool; every rule of a policy must match (invert negates one); disabled
+/// policies are skipped; a bad regular expression is refused at the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_policies_reject_redirect_and_route_to_other_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let (main, canary) = (echo_backend("main").await, echo_backend("canary").await);
+    let work = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let lbd = Lbd::start(&work);
+        let api = Api::login(&lbd);
+        let port = free_port();
+        let (code, lb) = api.post("/v2.0/lbaas/loadbalancers", json!({"loadbalancer": {"name": "l7", "vip_address": "127.0.0.1",
+            "listeners": [{"name": "web", "protocol": "HTTP", "protocol_port": port,
+                           "default_pool": {"protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN", "members": [{"address": "127.0.0.1", "protocol_port": main.port()}]}}]}}));
+        assert_eq!(code, 201, "{lb}");
+        let id = lb["loadbalancer"]["id"].as_str().unwrap().to_string();
+        api.wait_active(&id);
+        let listener = lb["loadbalancer"]["listeners"][0]["id"].as_str().unwrap().to_string();
+        let (code, pool) = api.post("/v2.0/lbaas/pools", json!({"pool": {"name": "canary", "loadbalancer_id": id, "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+            "members": [{"address": "127.0.0.1", "protocol_port": canary.port()}]}}));
+        assert_eq!(code, 201, "{pool}");
+        let canary_pool = pool["pool"]["id"].as_str().unwrap().to_string();
+        api.wait_active(&id);
+        let rule = |kind: &str, compare: &str, key: Option<&str>, value: &str, invert: bool| json!({"type": kind, "compare_type": compare, "key": key, "value": value, "invert": invert});
+        let policies = [
+            json!({"action": "REJECT", "position": 1, "rules": [rule("PATH", "STARTS_WITH", None, "/admin", false)]}),
+            json!({"action": "REDIRECT_TO_URL", "position": 2, "redirect_url": "https://new.example/moved", "redirect_http_code": 301,
+                   "rules": [rule("HOST_NAME", "EQUAL_TO", None, "old.example", false)]}),
+            json!({"action": "REDIRECT_PREFIX", "position": 3, "redirect_prefix": "https://cdn.example", "rules": [rule("FILE_TYPE", "REGEX", None, "^(png|jpg)$", false)]}),
+            json!({"action": "REDIRECT_TO_POOL", "position": 4, "redirect_pool_id": canary_pool,
+                   "rules": [rule("HEADER", "EQUAL_TO", Some("X-Canary"), "yes", false), rule("COOKIE", "EQUAL_TO", Some("optout"), "1", true)]}),
+        ];
+        for mut p in policies {
+            p["listener_id"] = json!(listener);
+            let (code, body) = api.post("/v2.0/lbaas/l7policies", json!({"l7policy": p}));
+            assert_eq!(code, 201, "{body}");
+            api.wait_active(&id);
+        }
+        let curl = |path: &str, headers: &[&str]| -> String {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-s", "-w", "\n%{http_code} %{redirect_url}"]);
+            for h in headers {
+                cmd.args(["-H", h]);
+            }
+            let out = cmd.arg(format!("http://127.0.0.1:{port}{path}")).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let (body, status) = text.rsplit_once('\n').unwrap();
+            format!("{status} {}", body.lines().next().unwrap_or_default())
+        };
+        assert_eq!(curl("/admin/users", &[]), "403  403 Forbidden");
+        assert_eq!(curl("/", &["Host: old.example"]), "301 https://new.example/moved 301 Moved Permanently");
+        assert_eq!(curl("/img/a.png?v=2", &[]), "302 https://cdn.example/img/a.png?v=2 302 Found");
+        assert_eq!(curl("/app", &["X-Canary: yes"]), "200  backend=canary");
+        assert_eq!(curl("/app", &["X-Canary: yes", "Cookie: a=b; optout=1"]), "200  backend=main", "the inverted rule fails, so the policy does not match");
+        assert_eq!(curl("/app", &[]), "200  backend=main");
+        assert_eq!(curl("/admin", &["X-Canary: yes"]), "403  403 Forbidden", "position 1 wins");
+
+        // Disabling the REJECT policy lets /admin through to the default pool.
+        let (_, list) = api.get(&format!("/v2.0/lbaas/l7policies?listener_id={listener}&action=REJECT"));
+        let reject = list["l7policies"][0]["id"].as_str().unwrap().to_string();
+        let (code, body) = api.put(&format!("/v2.0/lbaas/l7policies/{reject}"), json!({"l7policy": {"admin_state_up": false}}));
+        assert_eq!(code, 200, "{body}");
+        api.wait_active(&id);
+        assert_eq!(curl("/admin/users", &[]), "200  backend=main");
+        let (_, shown) = api.get(&format!("/v2.0/lbaas/l7policies/{reject}"));
+        assert_eq!(shown["l7policy"]["operating_status"], "OFFLINE", "{shown}");
+
+        // A regular expression the data plane could not compile is refused, naming the value.
+        let (code, body) = api.post(&format!("/v2.0/lbaas/l7policies/{reject}/rules"), json!({"rule": rule("PATH", "REGEX", None, "/(a|b", false)}));
+        assert_eq!(code, 400, "{body}");
+        assert!(body["faultstring"].as_str().unwrap().contains("Not a valid regular expression"), "{body}");
+    })
+    .await
+    .unwrap();
+}

@@ -127,14 +127,20 @@ openstack secret get "$REF" --file roundtrip.p12 -t application/octet-stream
 cmp roundtrip.p12 www.example.p12
 "#);
 
-        // L7 policies and rules are stored and listed (not enforced yet: operating_status OFFLINE).
+        // L7 policies and rules, created with the CLI, are enforced: /old/... is redirected.
         let l7 = lbd.script(&work, r#"
 openstack loadbalancer l7policy create --action REDIRECT_TO_URL --redirect-url https://example.com/ --name policy1 --wait listener1
 openstack loadbalancer l7rule create --compare-type STARTS_WITH --type PATH --value /old --wait policy1
 openstack loadbalancer l7policy show policy1 -f value -c action -c operating_status
 openstack loadbalancer l7rule list policy1 -f value -c type -c compare_type -c value
 "#);
-        assert!(l7.contains("REDIRECT_TO_URL") && l7.contains("OFFLINE") && l7.contains("STARTS_WITH PATH /old"), "{l7}");
+        assert!(l7.contains("REDIRECT_TO_URL") && l7.contains("ONLINE") && l7.contains("STARTS_WITH PATH /old"), "{l7}");
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "--resolve", &format!("www.example:{port}:127.0.0.1"), &format!("https://www.example:{port}/old/page")])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "302 https://example.com/");
+        assert!(curl_body(port, "www.example").contains("backend=one"), "other paths still reach the pool");
 
         // Deleting what is in use is refused; cascade delete removes everything and stops serving.
         let err = lbd.os_fails(&["secret", "delete", &lbd.script(&work, "openstack secret list | awk '/ tls_secret3 / {print $2}'")]);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lb_common::model::*;
 
-use crate::store::octavia::{HealthMonitorRec, ListenerRec, LoadBalancerRec, MemberRec, PoolRec};
+use crate::store::octavia::{HealthMonitorRec, L7PolicyRec, L7RuleRec, ListenerRec, LoadBalancerRec, MemberRec, PoolRec};
 use tlsref::RefError;
 use crate::store::seal::Kek;
 use crate::store::{Kind, StoreError, Txn, TxnExt};
@@ -135,7 +135,55 @@ pub fn pool_tls(tx: &mut dyn Txn, kek: &Kek, p: &PoolRec, project: Option<&str>)
     }))
 }
 
-fn listener(tx: &mut dyn Txn, kek: &Kek, l: &ListenerRec) -> Result<Listener, String> {
+/// The listener's enabled L7 policies in `position` order, each with its enabled rules.
+fn l7policies(l: &ListenerRec, policies: &[L7PolicyRec], rules: &[L7RuleRec]) -> Result<Vec<L7Policy>, String> {
+    let mut mine: Vec<&L7PolicyRec> = policies.iter().filter(|x| x.listener_id == l.common.id && x.common.admin_state_up).collect();
+    mine.sort_by_key(|x| (x.position, x.common.created_at.clone()));
+    mine.into_iter()
+        .map(|x| {
+            let code = x.redirect_http_code.unwrap_or(302);
+            let missing = |field: &str| format!("L7 policy {}: {field} missing for {}", x.common.id, x.action);
+            let action = match x.action.as_str() {
+                "REJECT" => L7Action::Reject,
+                "REDIRECT_TO_POOL" => L7Action::RedirectToPool(x.redirect_pool_id.clone().ok_or_else(|| missing("redirect_pool_id"))?),
+                "REDIRECT_TO_URL" => L7Action::RedirectToUrl { url: x.redirect_url.clone().ok_or_else(|| missing("redirect_url"))?, code },
+                "REDIRECT_PREFIX" => L7Action::RedirectPrefix { prefix: x.redirect_prefix.clone().ok_or_else(|| missing("redirect_prefix"))?, code },
+                other => return Err(format!("L7 policy {}: action {other} is not supported", x.common.id)),
+            };
+            let rules = rules
+                .iter()
+                .filter(|r| r.l7policy_id == x.common.id && r.common.admin_state_up)
+                .map(|r| l7rule(r).map_err(|e| format!("L7 rule {}: {e}", r.common.id)))
+                .collect::<Result<_, _>>()?;
+            Ok(L7Policy { id: x.common.id.clone(), action, rules })
+        })
+        .collect()
+}
+
+fn l7rule(r: &L7RuleRec) -> Result<L7Rule, String> {
+    let kind = match r.kind.as_str() {
+        "HOST_NAME" => L7RuleKind::HostName,
+        "PATH" => L7RuleKind::Path,
+        "FILE_TYPE" => L7RuleKind::FileType,
+        "HEADER" => L7RuleKind::Header,
+        "COOKIE" => L7RuleKind::Cookie,
+        "SSL_CONN_HAS_CERT" => L7RuleKind::SslConnHasCert,
+        "SSL_VERIFY_RESULT" => L7RuleKind::SslVerifyResult,
+        "SSL_DN_FIELD" => L7RuleKind::SslDnField,
+        other => return Err(format!("type {other} is not supported")),
+    };
+    let compare = match r.compare_type.as_str() {
+        "REGEX" => L7Compare::Regex,
+        "STARTS_WITH" => L7Compare::StartsWith,
+        "ENDS_WITH" => L7Compare::EndsWith,
+        "CONTAINS" => L7Compare::Contains,
+        "EQUAL_TO" => L7Compare::EqualTo,
+        other => return Err(format!("compare_type {other} is not supported")),
+    };
+    Ok(L7Rule { kind, compare, key: r.key.clone(), value: r.value.clone(), invert: r.invert })
+}
+
+fn listener(tx: &mut dyn Txn, kek: &Kek, l: &ListenerRec, policies: &[L7PolicyRec], rules: &[L7RuleRec]) -> Result<Listener, String> {
     let protocol = listener_protocol(&l.protocol).ok_or_else(|| format!("protocol {} is not supported", l.protocol))?;
     let tls = if protocol == ListenerProtocol::TerminatedHttps {
         Some(listener_tls(tx, kek, l, None).map_err(|e| e.to_string())?.ok_or("TERMINATED_HTTPS listener without default_tls_container_ref")?)
@@ -169,6 +217,7 @@ fn listener(tx: &mut dyn Txn, kek: &Kek, l: &ListenerRec) -> Result<Listener, St
         tls,
         allowed_cidrs: l.allowed_cidrs.iter().map(|c| c.parse().map_err(|e: lb_common::cidr::CidrError| format!("allowed_cidrs: {e}"))).collect::<Result<_, _>>()?,
         syn_rate: syn_rate(&l.common.tags)?,
+        l7policies: l7policies(l, policies, rules)?,
     })
 }
 
@@ -250,13 +299,15 @@ pub fn build(tx: &mut dyn Txn, kek: &Kek, generation: u64) -> Result<Built, Stor
     let pools: Vec<PoolRec> = tx.list(Kind::Pool)?;
     let members: Vec<MemberRec> = tx.list(Kind::Member)?;
     let monitors: Vec<HealthMonitorRec> = tx.list(Kind::HealthMonitor)?;
+    let policies: Vec<L7PolicyRec> = tx.list(Kind::L7Policy)?;
+    let rules: Vec<L7RuleRec> = tx.list(Kind::L7Rule)?;
     let mut errors = BTreeMap::new();
     let mut load_balancers = Vec::new();
     for lb in &lbs {
         let Ok(vip_address) = lb.vip_address.parse() else { continue };
         let mut out = LoadBalancer { id: lb.common.id.clone(), vip_address, admin_state_up: lb.common.admin_state_up, listeners: vec![], pools: vec![] };
         for l in listeners.iter().filter(|l| l.loadbalancer_id == lb.common.id) {
-            match listener(tx, kek, l) {
+            match listener(tx, kek, l, &policies, &rules) {
                 Ok(built) => out.listeners.push(built),
                 Err(e) => {
                     errors.insert(l.common.id.clone(), e);

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::ListenerRuntime;
 use super::coalesce::Coalesce;
+use super::l7::Action;
 use super::upstream::{MemberRuntime, UpBody};
 use crate::tls::peer::{self, ClientCert};
 
@@ -89,8 +90,14 @@ async fn forward(
     ctx: &ConnContext,
     rt: &ListenerRuntime,
 ) -> Result<Response<RespBody>, (StatusCode, String)> {
-    let pool = rt.pool.clone().ok_or((StatusCode::SERVICE_UNAVAILABLE, "listener has no default pool".into()))?;
     let (parts, body) = req.into_parts();
+    let chosen = if rt.l7.is_empty() { None } else { rt.l7.decide(&parts, ctx.client_cert.as_deref()) };
+    let pool = match chosen {
+        None => rt.pool.clone().ok_or((StatusCode::SERVICE_UNAVAILABLE, "listener has no default pool".into()))?,
+        Some(Action::Pool(pool)) => pool.clone(),
+        Some(Action::Reject) => return Err((StatusCode::FORBIDDEN, "rejected by an L7 policy".into())),
+        Some(Action::Redirect { location, code, prefix }) => return Ok(redirect(*code, location, prefix.then_some(&parts.uri))),
+    };
     let head = RequestHead::new(parts, ctx, rt);
     let replayable = body.is_end_stream();
     let body: UpBody = if replayable { Either::Right(Empty::new()) } else { Either::Left(body) };
@@ -272,6 +279,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
+    }
+}
+
+/// An L7 policy's redirect: to `location`, or (`REDIRECT_PREFIX`) to it followed by the
+/// request's path and query.
+fn redirect(code: StatusCode, location: &str, keep: Option<&Uri>) -> Response<RespBody> {
+    let target = match keep {
+        Some(uri) => format!("{location}{}", uri.path_and_query().map_or("/", |p| p.as_str())),
+        None => location.to_string(),
+    };
+    match HeaderValue::from_str(&target) {
+        Ok(value) => {
+            let mut response = error_response(code);
+            response.headers_mut().insert(header::LOCATION, value);
+            response
+        }
+        Err(_) => error_response(StatusCode::BAD_REQUEST),
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`listener`]: accept loop and per-connection dispatch.
 //! - [`http`]: HTTP/1.1 and h2 proxying with hyper.
 //! - [`raw`] and [`splice`]: byte forwarding, zero-copy when the client socket is offloaded.
+//! - [`l7`]: L7 policies (reject, redirect, another pool) per request.
 //! - [`upstream`]: member choice, connecting with retry, idle connection reuse.
 //! - [`io`]: byte counting and inactivity timeouts.
 //! - [`coalesce`]: one write for the h2 responses that are ready together.
@@ -12,6 +13,7 @@
 pub mod coalesce;
 pub mod http;
 pub mod io;
+pub mod l7;
 pub mod listener;
 pub mod raw;
 pub mod splice;
@@ -37,6 +39,8 @@ pub struct ListenerRuntime {
     /// Present for TERMINATED_HTTPS.
     pub tls: Option<Arc<ServerConfig>>,
     pub pool: Option<Arc<PoolRuntime>>,
+    /// L7 policies, tried before the default pool (HTTP listeners).
+    pub l7: l7::L7Runtime,
     pub timeouts: Timeouts,
     pub insert_headers: InsertHeaders,
     /// `None`: unlimited.

@@ -176,8 +176,7 @@ pub struct HealthMonitorRec {
     pub domain_name: Option<String>,
 }
 
-/// An L7 policy. Stored and served by the API; not yet enforced by the data plane (its
-/// operating_status stays OFFLINE to say so).
+/// An L7 policy (enforced by its listener's HTTP proxy: `proxy/l7.rs`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct L7PolicyRec {
     #[serde(flatten)]

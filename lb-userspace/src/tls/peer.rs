@@ -18,6 +18,11 @@ pub struct ClientCert {
 }
 
 impl ClientCert {
+    /// One field of the subject (`CN`, `O`, `OU`, ...), the first if it repeats.
+    pub fn subject_field(&self, key: &str) -> Option<&str> {
+        self.subject_dn.split('/').filter_map(|part| part.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
     /// Reads the leaf certificate `der`; `None` if it cannot be parsed (rustls already accepted it).
     pub fn parse(der: &[u8]) -> Option<ClientCert> {
         let (_, cert) = X509Certificate::from_der(der).ok()?;

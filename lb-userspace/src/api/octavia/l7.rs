@@ -191,30 +191,18 @@ fn apply_rule(r: &mut L7RuleRec, input: &Input) -> Result<(), OErr> {
         return Err(OErr::bad_request(format!("key is required for rule type {}", r.kind)));
     }
     if r.compare_type == "REGEX" {
-        regex_lite_check(&r.value)?;
+        regex_check(&r.value)?;
     }
     Ok(())
 }
 
-/// Refuses obviously broken regular expressions (unbalanced brackets or parentheses).
-fn regex_lite_check(v: &str) -> Result<(), OErr> {
-    let (mut paren, mut bracket) = (0i32, 0i32);
-    for c in v.chars() {
-        match c {
-            '(' => paren += 1,
-            ')' => paren -= 1,
-            '[' => bracket += 1,
-            ']' => bracket -= 1,
-            _ => {}
-        }
-        if paren < 0 || bracket < 0 {
-            break;
-        }
-    }
-    if paren != 0 || bracket != 0 {
-        return Err(OErr::bad_request(format!("Invalid input for field/attribute value. Value: '{v}'. Not a valid regular expression.")));
-    }
-    Ok(())
+/// Refuses a value the data plane could not compile (the same `regex` syntax and size limit).
+fn regex_check(v: &str) -> Result<(), OErr> {
+    regex::RegexBuilder::new(v)
+        .size_limit(1 << 20)
+        .build()
+        .map(drop)
+        .map_err(|e| OErr::bad_request(format!("Invalid input for field/attribute value. Value: '{v}'. Not a valid regular expression: {e}")))
 }
 
 fn build_rule(p: &Principal, input: &Input, policy: &L7PolicyRec) -> Result<L7RuleRec, OErr> {
