@@ -131,7 +131,8 @@ fn rule_matches(rule: &Rule, req: &Parts, cert: Option<&ClientCert>) -> bool {
         L7RuleKind::SslVerifyResult => cert.map(|_| "0".to_string()),
         L7RuleKind::SslDnField => cert.zip(rule.key.as_deref()).and_then(|(c, k)| c.subject_field(k).map(str::to_string)),
     };
-    // A missing value (no such header, no certificate) matches nothing, and so an inverted rule.
+    // A missing value (no such header, no certificate) matches nothing; inverted, that is a
+    // match, as with Octavia's HAProxy (`!acl`).
     actual.is_some_and(|a| rule.matcher.matches(&a)) != rule.invert
 }
 
@@ -183,7 +184,8 @@ mod tests {
         assert!(yes(rule(L7RuleKind::Header, L7Compare::EqualTo, Some("X-Canary"), "yes", false)));
         assert!(yes(rule(L7RuleKind::Cookie, L7Compare::EndsWith, Some("session"), "-b", false)));
         assert!(!yes(rule(L7RuleKind::Cookie, L7Compare::EqualTo, Some("other"), "x", false)));
-        assert!(!yes(rule(L7RuleKind::Header, L7Compare::EqualTo, Some("x-missing"), "x", true)), "a missing header matches no rule, inverted or not");
+        assert!(!yes(rule(L7RuleKind::Header, L7Compare::EqualTo, Some("x-missing"), "x", false)), "a missing header matches nothing");
+        assert!(yes(rule(L7RuleKind::Header, L7Compare::EqualTo, Some("x-missing"), "x", true)), "so the inverted rule matches (HAProxy's `!acl`)");
         assert!(yes(rule(L7RuleKind::Header, L7Compare::EqualTo, Some("x-canary"), "no", true)));
         assert!(yes(rule(L7RuleKind::SslConnHasCert, L7Compare::EqualTo, None, "False", false)));
         assert!(!yes(rule(L7RuleKind::SslVerifyResult, L7Compare::EqualTo, None, "0", false)));
