@@ -293,3 +293,38 @@ async fn nginx_member_with_ssl_verify_client_sees_lbs_certificate_over_reused_co
     let code = fixture::blocking(move || curl(port, None, &["-o", "/dev/null", "-w", "%{http_code}"])).await.unwrap();
     assert_eq!(code, "400");
 }
+
+/// L7 rules on the client certificate (OPTIONAL client authentication): no certificate is sent
+/// to a login page, a certificate whose CN is `mallory` is rejected, the rest are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_rules_on_the_client_certificate_redirect_reject_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "client ca");
+    let good = ca.issue("good client", 2, &["good.example"]);
+    let mallory = ca.issue("mallory", 3, &["mallory.example"]);
+    let backend = echo_backend("one").await;
+    let tls = listener_tls(dir.path(), client_auth(ClientAuthMode::Optional, &ca, None));
+    let port = free_port();
+    let mut st = state(port, &[backend], tls, PoolProtocol::Http, None);
+    let rule = |kind, compare, key: Option<&str>, value: &str, invert| L7Rule { kind, compare, key: key.map(str::to_string), value: value.into(), invert };
+    st.load_balancers[0].listeners[0].l7policies = vec![
+        L7Policy {
+            id: "reject-mallory".into(),
+            action: L7Action::Reject,
+            rules: vec![rule(L7RuleKind::SslVerifyResult, L7Compare::EqualTo, None, "0", false), rule(L7RuleKind::SslDnField, L7Compare::EqualTo, Some("CN"), "mallory", false)],
+        },
+        L7Policy {
+            id: "login".into(),
+            action: L7Action::RedirectToUrl { url: "https://login.example/".into(), code: 303 },
+            rules: vec![rule(L7RuleKind::SslConnHasCert, L7Compare::EqualTo, None, "True", true)],
+        },
+    ];
+    let daemon = Daemon::start(KtlsMode::Auto);
+    assert_eq!(daemon.apply(&st).await.listeners["l1"], Ok(()));
+    let status = |cert: Option<Issued>| fixture::blocking(move || curl(port, cert.as_ref(), &["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"]));
+    assert_eq!(status(None).await, Ok("303 https://login.example/".into()));
+    assert_eq!(status(Some(mallory)).await, Ok("403 ".into()));
+    assert_eq!(status(Some(good.clone())).await, Ok("200 ".into()));
+    let body = fixture::blocking(move || curl(port, Some(&good), &[])).await.unwrap();
+    assert!(body.contains("backend=one"), "{body}");
+}
