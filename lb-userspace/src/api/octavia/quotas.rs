@@ -124,10 +124,12 @@ async fn reset(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(project_id): 
 }
 
 /// A project's object counts at the start of a write; [`Usage::check`] at its end refuses the
-/// write if it raised any count past the project's limit.
+/// write if it raised any count past the project's limit. Projects without quotas (the usual
+/// case) are not counted at all.
 pub struct Usage {
     project_id: String,
-    counts: [usize; RESOURCES.len()],
+    /// `None`: the project has no quota, nothing to check.
+    counts: Option<[usize; RESOURCES.len()]>,
 }
 
 fn count(tx: &mut dyn Txn, project_id: &str) -> Result<[usize; RESOURCES.len()], OErr> {
@@ -140,15 +142,17 @@ fn count(tx: &mut dyn Txn, project_id: &str) -> Result<[usize; RESOURCES.len()],
 
 impl Usage {
     pub fn before(tx: &mut dyn Txn, project_id: &str) -> Result<Usage, OErr> {
-        Ok(Usage { project_id: project_id.to_string(), counts: count(tx, project_id)? })
+        let limited = tx.get::<QuotaRec>(Kind::Quota, project_id)?.is_some();
+        Ok(Usage { project_id: project_id.to_string(), counts: if limited { Some(count(tx, project_id)?) } else { None } })
     }
 
     pub fn check(self, tx: &mut dyn Txn) -> Result<(), OErr> {
+        let Some(before) = self.counts else { return Ok(()) };
         let Some(q) = tx.get::<QuotaRec>(Kind::Quota, &self.project_id)? else { return Ok(()) };
         let after = count(tx, &self.project_id)?;
         for (i, (name, _)) in RESOURCES.iter().enumerate() {
             let max = limit(Some(&q), name);
-            if max >= 0 && after[i] > self.counts[i] && after[i] as i64 > max {
+            if max >= 0 && after[i] > before[i] && after[i] as i64 > max {
                 return Err(OErr::new(
                     StatusCode::FORBIDDEN,
                     format!("Quota has been met for resources: {name} (project {} may have {max}; this request would make {})", self.project_id, after[i]),
