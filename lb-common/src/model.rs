@@ -317,6 +317,40 @@ pub struct Pool {
     pub tls: Option<PoolTls>,
     /// Active health checking of the members (`healthmonitor`); `None`: members are not checked.
     pub health_monitor: Option<HealthMonitor>,
+    /// Keeps a client on the member that served it (`session_persistence`).
+    pub persistence: Option<Persistence>,
+}
+
+impl Pool {
+    /// The weight each member takes new traffic with: its effective weight, except that backup
+    /// members take none while a non-backup member can take traffic, and non-backup members
+    /// none otherwise. All zero when the pool is disabled or no member can take traffic.
+    pub fn serving_weights(&self) -> Vec<u32> {
+        if !self.admin_state_up {
+            return vec![0; self.members.len()];
+        }
+        let primaries_up = self.members.iter().any(|m| !m.backup && m.effective_weight() > 0);
+        self.members.iter().map(|m| if m.backup == primaries_up { 0 } else { m.effective_weight() }).collect()
+    }
+
+    /// Whether new flows are placed by the client's source address alone (`SOURCE_IP`, or
+    /// `SOURCE_IP` session persistence), so one client keeps its member across connections.
+    pub fn hashes_source_only(&self) -> bool {
+        self.lb_algorithm == LbAlgorithm::SourceIp || matches!(self.persistence, Some(Persistence::SourceIp { .. }))
+    }
+}
+
+/// Octavia `session_persistence`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// A client address keeps the member it was first sent to; the entry is forgotten after
+    /// `timeout` without traffic (`persistence_timeout`).
+    SourceIp { timeout: std::time::Duration },
+    /// lb sets a cookie naming the member (HTTP pools).
+    HttpCookie,
+    /// The member's own cookie `name`: a value the member set keeps the client on that member
+    /// (HTTP pools).
+    AppCookie { name: String },
 }
 
 /// How a pool's members are checked (Octavia's health monitor).
@@ -425,6 +459,8 @@ pub struct Member {
     pub monitor_port: Option<u16>,
     /// `false` when the pool's health monitor has taken it out; always `true` without one.
     pub healthy: bool,
+    /// Takes traffic only while no other (non-backup) member of the pool can (`backup`).
+    pub backup: bool,
 }
 
 impl Member {

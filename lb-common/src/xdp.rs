@@ -48,6 +48,8 @@ pub struct ServiceKey {
 pub const SVC_FORWARD: u32 = 1;
 /// Only sources in the service's `allowed_cidrs` (the `CIDRS` trie) are let through.
 pub const SVC_CIDRS: u32 = 2;
+/// New flows are placed by the client's source address alone (`SOURCE_IP`), not the whole tuple.
+pub const SVC_HASH_SOURCE: u32 = 4;
 
 /// Value of the `SERVICES` map.
 #[repr(C)]

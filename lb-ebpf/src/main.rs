@@ -312,8 +312,11 @@ fn admit(svc: &Service, src: [u8; 16], now: u64) -> Result<(), SvcCounter> {
 /// Picks the member (Maglev) and a translated source port for a new flow, and records it.
 #[inline(always)]
 fn new_flow(svc: &Service, key: &FlowKey, syn_seq: u32, tsval: Option<u32>, now: u64) -> Result<Flow, SvcCounter> {
-    let hash = flow_hash(key);
-    let slot = hash.checked_rem(svc.ring_size).ok_or(SvcCounter::DropNoMember)?;
+    let hash = flow_hash(key, true);
+    // SOURCE_IP: every flow of one client address lands on the same slot (the NAT port below
+    // still comes from the whole tuple, so one client's flows do not compete for ports).
+    let place = if svc.flags & SVC_HASH_SOURCE != 0 { flow_hash(key, false) } else { hash };
+    let slot = place.checked_rem(svc.ring_size).ok_or(SvcCounter::DropNoMember)?;
     let backend_id = *MAGLEV.get(svc.ring.wrapping_mul(RING_STRIDE).wrapping_add(slot)).ok_or(SvcCounter::DropNoMember)?;
     if backend_id == NO_BACKEND {
         return Err(SvcCounter::DropNoMember);
@@ -480,9 +483,10 @@ unsafe fn send(ctx: &XdpContext, eth: *mut Eth, ip: *mut Ip4, service: u32) -> u
     }
 }
 
-/// murmur3-style mix of the flow's source address, ports and protocol: what Maglev slots on.
+/// murmur3-style mix of the flow's source address, and with `ports` its ports and protocol:
+/// what Maglev slots on.
 #[inline(always)]
-fn flow_hash(k: &FlowKey) -> u32 {
+fn flow_hash(k: &FlowKey, ports: bool) -> u32 {
     let mut h: u32 = 0x5eed_1b0b;
     let mut mix = |w: u32| {
         let mut k1 = w.wrapping_mul(0xcc9e_2d51);
@@ -493,8 +497,10 @@ fn flow_hash(k: &FlowKey) -> u32 {
     for i in 0..4 {
         mix(u32::from_ne_bytes([k.src[i * 4], k.src[i * 4 + 1], k.src[i * 4 + 2], k.src[i * 4 + 3]]));
     }
-    mix(((k.sport as u32) << 16) | k.dport as u32);
-    mix(k.proto as u32);
+    if ports {
+        mix(((k.sport as u32) << 16) | k.dport as u32);
+        mix(k.proto as u32);
+    }
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

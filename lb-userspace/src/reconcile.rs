@@ -139,7 +139,7 @@ impl Reconciler {
             let verification = if m.verified { "ca" } else { "none" };
             self.metrics.member_tls_verification.get_or_create(&PoolVerificationLabels { pool: pool.id.clone(), verification }).set(1);
         }
-        let runtime = PoolRuntime::new(pool, previous_runtime, member, self.policy.clone(), self.metrics.clone());
+        let runtime = PoolRuntime::new(pool, previous_runtime, member, self.policy.clone(), self.metrics.clone())?;
         Ok(RunningPool { runtime: Arc::new(runtime), tls })
     }
 

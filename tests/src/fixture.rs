@@ -56,10 +56,11 @@ pub fn state(port: u16, backends: &[SocketAddr], tls: ListenerTls, pool_protocol
                 admin_state_up: true,
                 tls: None,
                 health_monitor: None,
+                persistence: None,
                 members: backends
                     .iter()
                     .enumerate()
-                    .map(|(i, a)| Member { id: format!("m{i}"), address: a.ip(), protocol_port: a.port(), weight: 1, admin_state_up: true, monitor_address: None, monitor_port: None, healthy: true })
+                    .map(|(i, a)| Member { id: format!("m{i}"), address: a.ip(), protocol_port: a.port(), weight: 1, admin_state_up: true, monitor_address: None, monitor_port: None, healthy: true, backup: false })
                     .collect(),
             }],
         }],

@@ -334,6 +334,59 @@ fn members_failing_health_checks_get_no_new_flows_in_xdp() {
     assert!(seen.contains_key("member3"), "{seen:?}");
 }
 
+/// `SOURCE_IP` hashes the source address alone (every connection of one client reaches one
+/// member), backup members get flows only while no other member can take them, and a
+/// `LEAST_CONNECTIONS` pool is passed to lbd's userspace proxy, which counts connections.
+#[test]
+fn source_ip_backups_and_least_connections_on_xdp_listeners() {
+    let rig = Rig::new(6);
+    let (listener, pool, members) = rig.listener(json!({"protocol": "TCP", "protocol_port": 80}), "TCP", HTTP_PORT);
+    let set_pool = |body: Value| {
+        let (code, answer) = rig.api.put(&format!("/v2.0/lbaas/pools/{pool}"), json!({ "pool": body }));
+        assert_eq!(code, 200, "{answer}");
+        rig.api.wait_active(&rig.lb);
+    };
+    set_pool(json!({"lb_algorithm": "SOURCE_IP"}));
+    let mut used = std::collections::BTreeSet::new();
+    for a in 0..6 {
+        let seen: std::collections::BTreeSet<String> = (0..8).map(|_| member_of(&rig.get(rig.client(a, 0), 80, "/").unwrap())).collect();
+        assert_eq!(seen.len(), 1, "client address {a} reached {seen:?}");
+        used.extend(seen);
+    }
+    assert!(used.len() >= 2, "six client addresses all hashed to {used:?}");
+
+    set_pool(json!({"lb_algorithm": "ROUND_ROBIN"}));
+    let (code, body) = rig.api.put(&format!("/v2.0/lbaas/pools/{pool}/members/{}", members[&3]), json!({"member": {"backup": true}}));
+    assert_eq!(code, 200, "{body}");
+    rig.api.wait_active(&rig.lb);
+    let seen = rig.spread(30, 80);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["member1", "member2"], "{seen:?}");
+    for m in [1, 2] {
+        let (code, body) = rig.api.put(&format!("/v2.0/lbaas/pools/{pool}/members/{}", members[&m]), json!({"member": {"admin_state_up": false}}));
+        assert_eq!(code, 200, "{body}");
+        rig.api.wait_active(&rig.lb);
+    }
+    let seen = rig.spread(10, 80);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["member3"], "{seen:?}");
+    for m in [1, 2] {
+        let (code, body) = rig.api.put(&format!("/v2.0/lbaas/pools/{pool}/members/{}", members[&m]), json!({"member": {"admin_state_up": true}}));
+        assert_eq!(code, 200, "{body}");
+        rig.api.wait_active(&rig.lb);
+    }
+
+    set_pool(json!({"lb_algorithm": "LEAST_CONNECTIONS"}));
+    let userspace = |metrics: &str| -> f64 { members.values().map(|m| series(metrics, "lb_member_connections_total", &format!("pool=\"{pool}\",member=\"{m}\""))).sum() };
+    // Only forwarded flows have packets going out through the program.
+    let forwarded = |metrics: &str| series(metrics, "lb_xdp_listener_packets_total", &format!("listener=\"{listener}\",direction=\"out\""));
+    let before = rig.metrics();
+    let seen = rig.spread(12, 80);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["member1", "member2"], "{seen:?}");
+    let after = rig.metrics();
+    assert!(forwarded(&before) > 0.0, "{before}");
+    assert_eq!(forwarded(&after), forwarded(&before), "XDP forwarded no packet of these connections");
+    assert_eq!(userspace(&after) - userspace(&before), 12.0, "lbd's proxy opened one member connection per client connection");
+}
+
 #[test]
 fn udp_datagrams_are_balanced_answered_from_the_vip_and_counted_exactly() {
     let rig = Rig::new(1);

@@ -265,9 +265,23 @@ pub fn health_monitor(h: &HealthMonitorRec) -> Result<HealthMonitor, String> {
     })
 }
 
+/// Octavia's default `persistence_timeout` (seconds) for source-address persistence.
+const PERSISTENCE_TIMEOUT: u64 = 360;
+
+/// A stored `session_persistence` (normalised by the API).
+fn persistence(v: &serde_json::Value) -> Result<Persistence, String> {
+    Ok(match v["type"].as_str() {
+        Some("SOURCE_IP") => Persistence::SourceIp { timeout: Duration::from_secs(v["persistence_timeout"].as_u64().unwrap_or(PERSISTENCE_TIMEOUT)) },
+        Some("HTTP_COOKIE") => Persistence::HttpCookie,
+        Some("APP_COOKIE") => Persistence::AppCookie { name: v["cookie_name"].as_str().ok_or("session_persistence APP_COOKIE without cookie_name")?.to_string() },
+        other => return Err(format!("session_persistence type {other:?} is not supported")),
+    })
+}
+
 fn pool(tx: &mut dyn Txn, kek: &Kek, p: &PoolRec, members: &[MemberRec], monitors: &[HealthMonitorRec]) -> Result<Pool, String> {
     Ok(Pool {
         health_monitor: monitors.iter().find(|h| h.pool_id == p.common.id).map(health_monitor).transpose()?,
+        persistence: p.session_persistence.as_ref().map(persistence).transpose()?,
         id: p.common.id.clone(),
         protocol: pool_protocol(&p.protocol).ok_or_else(|| format!("protocol {} is not supported", p.protocol))?,
         lb_algorithm: lb_algorithm(&p.lb_algorithm).ok_or_else(|| format!("lb_algorithm {} is not supported", p.lb_algorithm))?,
@@ -286,6 +300,7 @@ fn pool(tx: &mut dyn Txn, kek: &Kek, p: &PoolRec, members: &[MemberRec], monitor
                     monitor_address: m.monitor_address.as_deref().and_then(|a| a.parse().ok()),
                     monitor_port: m.monitor_port,
                     healthy: true,
+                    backup: m.backup,
                 })
             })
             .collect(),

@@ -19,7 +19,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::ListenerRuntime;
 use super::coalesce::Coalesce;
 use super::l7::Action;
-use super::upstream::{MemberRuntime, UpBody};
+use super::choose::{Affinity, SERVER_COOKIE, Sticky};
+use super::cookie;
+use super::upstream::{Checkout, InFlight, MemberRuntime, UpBody};
 use crate::tls::peer::{self, ClientCert};
 
 /// Octavia's `X-SSL-*` header names in the lower case `HeaderName::from_static` requires.
@@ -98,20 +100,25 @@ async fn forward(
         Some(Action::Reject) => return Err((StatusCode::FORBIDDEN, "rejected by an L7 policy".into())),
         Some(Action::Redirect { location, code, prefix }) => return Ok(redirect(*code, location, prefix.then_some(&parts.uri))),
     };
-    let head = RequestHead::new(parts, ctx, rt);
+    let mut head = RequestHead::new(parts, ctx, rt);
     let replayable = body.is_end_stream();
     let body: UpBody = if replayable { Either::Right(Empty::new()) } else { Either::Left(body) };
 
+    let sticky = pool.chooser().sticky();
+    let cookie: Option<Box<str>> = pool.chooser().cookie_name().and_then(|n| cookie::in_request(&head.headers, n)).map(Box::from);
+    if matches!(sticky, Some(Sticky::ServerCookie)) {
+        cookie::remove_from_request(&mut head.headers, SERVER_COOKIE);
+    }
+    let affinity = Affinity { peer: ctx.peer, cookie: cookie.as_deref() };
     let checkout = pool
-        .checkout((rt.timeouts.member_connect, rt.timeouts.member_data))
+        .checkout(&affinity, (rt.timeouts.member_connect, rt.timeouts.member_data))
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let member = checkout.member.clone();
-    let mut sender = checkout.sender;
+    let Checkout { member, mut sender, reused, in_flight } = checkout;
     let first = send(&mut sender, head.build(body, member.addr)).await;
     let response = match first {
         // A reused connection the member closed while idle: safe to replay a bodiless request once.
-        Err(SendError::Closed(_)) if checkout.reused && replayable => {
+        Err(SendError::Closed(_)) if reused && replayable => {
             sender = pool
                 .open_http(&member, (rt.timeouts.member_connect, rt.timeouts.member_data))
                 .await
@@ -126,7 +133,16 @@ async fn forward(
     })?;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = PooledBody { inner: body, release: Some((member, sender)) };
+    match sticky {
+        Some(Sticky::ServerCookie) if cookie.as_deref() != Some(&*member.id) => cookie::set(&mut parts.headers, SERVER_COOKIE, &member.id),
+        Some(Sticky::AppCookie { name, table }) => {
+            if let Some(value) = cookie::set_by_response(&parts.headers, name) {
+                table.put(value.into(), &member.id);
+            }
+        }
+        _ => {}
+    }
+    let body = PooledBody { inner: body, release: Some((member, sender)), in_flight };
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
@@ -309,14 +325,16 @@ fn error_response(status: StatusCode) -> Response<RespBody> {
 }
 
 /// A member's response body that hands its connection back to the member's idle pool once the
-/// body has been read to the end.
+/// body has been read to the end. The request counts as in flight until then.
 struct PooledBody {
     inner: Incoming,
     release: Option<(Arc<MemberRuntime>, SendRequest<UpBody>)>,
+    in_flight: InFlight,
 }
 
 impl PooledBody {
     fn release(&mut self) {
+        self.in_flight.end();
         if let Some((member, sender)) = self.release.take() {
             member.release(sender);
         }

@@ -125,7 +125,7 @@ fn rule_matches(rule: &Rule, req: &Parts, cert: Option<&ClientCert>) -> bool {
             last.rsplit_once('.').map(|(_, ext)| ext.to_string())
         }
         L7RuleKind::Header => rule.key.as_deref().and_then(|k| req.headers.get(k)).and_then(|v| v.to_str().ok()).map(str::to_string),
-        L7RuleKind::Cookie => rule.key.as_deref().and_then(|k| cookie(req, k)),
+        L7RuleKind::Cookie => rule.key.as_deref().and_then(|k| super::cookie::in_request(&req.headers, k)).map(String::from),
         L7RuleKind::SslConnHasCert => Some(if cert.is_some() { "true" } else { "false" }.to_string()),
         // lbd only completes handshakes whose certificate verified: 0 (X509_V_OK) when one was sent.
         L7RuleKind::SslVerifyResult => cert.map(|_| "0".to_string()),
@@ -146,14 +146,6 @@ fn host(req: &Parts) -> Option<&str> {
         Some(v6) => v6.split(']').next(),
         None => raw.split(':').next(),
     }
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie(req: &Parts, name: &str) -> Option<String> {
-    req.headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
-        let (k, v) = pair.trim().split_once('=')?;
-        (k == name).then(|| v.to_string())
-    })
 }
 
 #[cfg(test)]

@@ -5,12 +5,16 @@
 //! - [`http`]: HTTP/1.1 and h2 proxying with hyper.
 //! - [`raw`] and [`splice`]: byte forwarding, zero-copy when the client socket is offloaded.
 //! - [`l7`]: L7 policies (reject, redirect, another pool) per request.
-//! - [`upstream`]: member choice, connecting with retry, idle connection reuse.
+//! - [`upstream`]: connecting to members with retry, idle connection reuse.
+//! - [`choose`]: member choice (`lb_algorithm`, backups, session persistence).
+//! - [`cookie`]: cookies in proxied messages.
 //! - [`io`]: byte counting and inactivity timeouts.
 //! - [`coalesce`]: one write for the h2 responses that are ready together.
 //! - [`workers`]: the threads connections run on, a one-thread runtime each.
 
+pub mod choose;
 pub mod coalesce;
+pub mod cookie;
 pub mod http;
 pub mod io;
 pub mod l7;

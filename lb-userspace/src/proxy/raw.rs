@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 
 use super::ListenerRuntime;
+use super::choose::Affinity;
 use super::io::Idle;
 use super::splice::{self, Ends};
 use crate::tls::stream::PeerStream;
@@ -14,7 +15,8 @@ use crate::tls::stream::PeerStream;
 /// Forwards `client` to a member of the listener's pool until both sides are done.
 pub async fn forward(mut client: PeerStream, peer: SocketAddr, rt: &ListenerRuntime) -> io::Result<()> {
     let pool = rt.pool.clone().ok_or_else(|| io::Error::other("listener has no default pool"))?;
-    let (member, mut member_stream) = pool.connect(rt.timeouts.member_connect).await.map_err(io::Error::other)?;
+    let affinity = Affinity { peer, cookie: None };
+    let (member, mut member_stream, _in_flight) = pool.connect(&affinity, rt.timeouts.member_connect).await.map_err(io::Error::other)?;
     tracing::debug!(listener = %rt.id, %peer, member = %member.addr, "forwarding");
     let (rx, tx) = rt.byte_counters();
     let offloaded = matches!(client, PeerStream::Ktls(_)) || matches!(member_stream, PeerStream::Ktls(_));

@@ -1,4 +1,4 @@
-//! Members of a pool as the data plane uses them: weighted round-robin choice, connecting (TCP,
+//! Members of a pool as the data plane uses them: choice ([`super::choose`]), connecting (TCP,
 //! then TLS for pools with `tls_enabled`) with retry on the next member, and idle HTTP/1.1
 //! connections kept per member for reuse.
 
@@ -14,6 +14,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::choose::{Affinity, Chooser};
 use super::io::Idle;
 use super::workers;
 use crate::metrics::{MemberLabels, Metrics, PoolMemberLabels, PoolOffloadLabels};
@@ -21,7 +22,6 @@ use crate::tls::accept::OffloadPolicy;
 use crate::tls::client::{self, MemberTls};
 use crate::tls::stream::PeerStream;
 use crate::tls::verify;
-use lb_common::balance::Schedule;
 use lb_common::model::{Pool, PoolProtocol};
 
 /// Request body sent to members: the client's streamed body, or nothing (replayable).
@@ -47,9 +47,37 @@ pub enum UpstreamError {
 /// connection's driver task runs on the worker that opened it, so a request reuses only its
 /// own worker's connections and never waits on another thread.
 pub struct MemberRuntime {
-    pub id: String,
+    pub id: Arc<str>,
     pub addr: SocketAddr,
     idle: Box<[Mutex<Vec<SendRequest<UpBody>>>]>,
+    /// Requests (HTTP) or connections (raw) in flight, counted for `LEAST_CONNECTIONS` only.
+    in_flight: AtomicUsize,
+}
+
+/// One request or connection counted in its member's in-flight number until dropped (nothing
+/// is counted unless the pool is `LEAST_CONNECTIONS`).
+pub struct InFlight(Option<Arc<MemberRuntime>>);
+
+impl InFlight {
+    fn start(member: &Arc<MemberRuntime>, counted: bool) -> InFlight {
+        InFlight(counted.then(|| {
+            member.in_flight.fetch_add(1, Ordering::Relaxed);
+            member.clone()
+        }))
+    }
+
+    /// No longer counted (the member has sent its whole answer).
+    pub fn end(&mut self) {
+        if let Some(m) = self.0.take() {
+            m.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.end();
+    }
 }
 
 impl MemberRuntime {
@@ -84,8 +112,7 @@ pub struct PoolRuntime {
     pub id: String,
     pub protocol: PoolProtocol,
     members: Vec<Arc<MemberRuntime>>,
-    schedule: Schedule,
-    cursor: AtomicUsize,
+    chooser: Chooser,
     /// TLS to members (`tls_enabled`).
     tls: Option<Arc<MemberTls>>,
     policy: Arc<OffloadPolicy>,
@@ -98,56 +125,54 @@ pub struct Checkout {
     pub sender: SendRequest<UpBody>,
     /// True when the connection served an earlier request (it may have been closed meanwhile).
     pub reused: bool,
+    pub in_flight: InFlight,
 }
 
 impl PoolRuntime {
     /// Builds the runtime for `pool`, keeping the idle connections of members that did not
     /// change (same id and address) from `previous` (pass `None` when the TLS settings changed).
-    pub fn new(pool: &Pool, previous: Option<&PoolRuntime>, tls: Option<Arc<MemberTls>>, policy: Arc<OffloadPolicy>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(pool: &Pool, previous: Option<&PoolRuntime>, tls: Option<Arc<MemberTls>>, policy: Arc<OffloadPolicy>, metrics: Arc<Metrics>) -> Result<Self, String> {
         let members: Vec<Arc<MemberRuntime>> = pool
             .members
             .iter()
             .map(|m| {
                 let addr = SocketAddr::new(m.address, m.protocol_port);
-                previous
-                    .and_then(|p| p.members.iter().find(|old| old.id == m.id && old.addr == addr).cloned())
-                    .unwrap_or_else(|| Arc::new(MemberRuntime { id: m.id.clone(), addr, idle: (0..workers::count()).map(|_| Mutex::new(Vec::new())).collect() }))
+                previous.and_then(|p| p.members.iter().find(|old| *old.id == *m.id && old.addr == addr).cloned()).unwrap_or_else(|| {
+                    Arc::new(MemberRuntime { id: m.id.as_str().into(), addr, idle: (0..workers::count()).map(|_| Mutex::new(Vec::new())).collect(), in_flight: AtomicUsize::new(0) })
+                })
             })
             .collect();
-        let weights: Vec<u32> = if pool.admin_state_up {
-            pool.members.iter().map(|m| m.effective_weight()).collect()
-        } else {
-            vec![0; pool.members.len()]
-        };
-        let cursor = previous.map(|p| p.cursor.load(Ordering::Relaxed)).unwrap_or(0);
-        PoolRuntime {
-            id: pool.id.clone(),
-            protocol: pool.protocol,
-            members,
-            schedule: Schedule::smooth_weighted(&weights),
-            cursor: AtomicUsize::new(cursor),
-            tls,
-            policy,
-            metrics,
-        }
+        let ids: Vec<Arc<str>> = members.iter().map(|m| m.id.clone()).collect();
+        let chooser = Chooser::new(pool, &ids, previous.map(|p| &p.chooser))?;
+        Ok(PoolRuntime { id: pool.id.clone(), protocol: pool.protocol, members, chooser, tls, policy, metrics })
     }
 
-    /// Members to try for the next connection, the scheduled one first.
-    fn candidates(&self) -> Vec<Arc<MemberRuntime>> {
-        let cursor = self.cursor.fetch_add(1, Ordering::Relaxed);
-        self.schedule.candidates(cursor, self.members.len()).into_iter().map(|i| self.members[i].clone()).collect()
+    /// How members are chosen (persistence settings included).
+    pub fn chooser(&self) -> &Chooser {
+        &self.chooser
     }
 
-    /// Opens a TCP connection to the scheduled member, moving on to the next on refusal or timeout.
-    pub async fn connect(&self, timeout: Duration) -> Result<(Arc<MemberRuntime>, PeerStream), UpstreamError> {
-        let candidates = self.candidates();
+    /// Members to try for a client, the chosen one first.
+    fn candidates(&self, affinity: &Affinity<'_>) -> Vec<Arc<MemberRuntime>> {
+        let counted = self.chooser.counts_in_flight();
+        let in_flight = |i: usize| if counted { self.members[i].in_flight.load(Ordering::Relaxed) } else { 0 };
+        self.chooser.order(affinity, in_flight).into_iter().map(|i| self.members[i].clone()).collect()
+    }
+
+    /// Opens a connection to the chosen member, moving on to the next on refusal or timeout.
+    pub async fn connect(&self, affinity: &Affinity<'_>, timeout: Duration) -> Result<(Arc<MemberRuntime>, PeerStream, InFlight), UpstreamError> {
+        let candidates = self.candidates(affinity);
         if candidates.is_empty() {
             return Err(UpstreamError::NoMembers);
         }
         let mut last = String::new();
         for member in candidates {
+            let in_flight = InFlight::start(&member, self.chooser.counts_in_flight());
             match self.connect_member(&member, timeout).await {
-                Ok(stream) => return Ok((member, stream)),
+                Ok(stream) => {
+                    self.chooser.learn_source(affinity.peer, &member.id);
+                    return Ok((member, stream, in_flight));
+                }
                 Err(e) => last = format!("{}: {e}", member.addr),
             }
         }
@@ -157,20 +182,26 @@ impl PoolRuntime {
     /// An HTTP/1.1 connection for one request: an idle one of the scheduled member, else a new one,
     /// moving on to the next member when a connection cannot be made. `timeouts` are
     /// (member_connect, member_data).
-    pub async fn checkout(&self, timeouts: (Duration, Duration)) -> Result<Checkout, UpstreamError> {
-        let candidates = self.candidates();
+    pub async fn checkout(&self, affinity: &Affinity<'_>, timeouts: (Duration, Duration)) -> Result<Checkout, UpstreamError> {
+        let candidates = self.candidates(affinity);
         if candidates.is_empty() {
             return Err(UpstreamError::NoMembers);
         }
         let mut last = String::new();
         for member in candidates {
-            if let Some(sender) = member.take_idle() {
-                return Ok(Checkout { member, sender, reused: true });
-            }
-            match self.open_http(&member, timeouts).await {
-                Ok(sender) => return Ok(Checkout { member, sender, reused: false }),
-                Err(e) => last = format!("{}: {e}", member.addr),
-            }
+            let in_flight = InFlight::start(&member, self.chooser.counts_in_flight());
+            let (sender, reused) = match member.take_idle() {
+                Some(sender) => (sender, true),
+                None => match self.open_http(&member, timeouts).await {
+                    Ok(sender) => (sender, false),
+                    Err(e) => {
+                        last = format!("{}: {e}", member.addr);
+                        continue;
+                    }
+                },
+            };
+            self.chooser.learn_source(affinity.peer, &member.id);
+            return Ok(Checkout { member, sender, reused, in_flight });
         }
         Err(UpstreamError::AllFailed(last))
     }
@@ -219,7 +250,7 @@ impl PoolRuntime {
             Err(e) => {
                 let reason = verify::failure_reason(&e);
                 tracing::debug!(pool = %self.id, member = %member.addr, reason, error = %e, "TLS to member failed");
-                self.metrics.member_errors.get_or_create(&MemberLabels { pool: self.id.clone(), member: member.id.clone(), reason }).inc();
+                self.metrics.member_errors.get_or_create(&MemberLabels { pool: self.id.clone(), member: member.id.to_string(), reason }).inc();
                 Err(e)
             }
         }
@@ -233,14 +264,14 @@ impl PoolRuntime {
         match result {
             Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
-                self.metrics.member_connections.get_or_create(&PoolMemberLabels { pool: self.id.clone(), member: member.id.clone() }).inc();
+                self.metrics.member_connections.get_or_create(&PoolMemberLabels { pool: self.id.clone(), member: member.id.to_string() }).inc();
                 Ok(tcp)
             }
             Err(e) => {
                 let reason = if e.kind() == std::io::ErrorKind::TimedOut { "connect_timeout" } else { "connect_failed" };
                 self.metrics
                     .member_errors
-                    .get_or_create(&MemberLabels { pool: self.id.clone(), member: member.id.clone(), reason })
+                    .get_or_create(&MemberLabels { pool: self.id.clone(), member: member.id.to_string(), reason })
                     .inc();
                 Err(e)
             }

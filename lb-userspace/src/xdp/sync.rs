@@ -2,8 +2,9 @@
 //!
 //! Every enabled listener on an IPv4 VIP becomes a service. TCP, UDP and HTTPS (passthrough)
 //! listeners forward in XDP through a Maglev ring over their default pool's members with
-//! weight; HTTP and TERMINATED_HTTPS listeners are only filtered there (`allowed_cidrs`, SYN
-//! rate, `connection_limit`) and passed on to lbd's own listener. What was written is
+//! weight (on the whole tuple, or on the source address for `SOURCE_IP`); HTTP and
+//! TERMINATED_HTTPS listeners, and those whose pool is `LEAST_CONNECTIONS`, are only filtered
+//! there (`allowed_cidrs`, SYN rate, `connection_limit`) and passed on to lbd's own listener. What was written is
 //! remembered, so a sync writes only what changed; a changed ring is written to the service's
 //! spare ring first and then switched to in one map update, so no packet sees half a table.
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use aya::maps::lpm_trie::Key;
 use lb_common::cidr::Cidr;
 use lb_common::maglev::Table;
-use lb_common::model::{DesiredState, Id, Listener, ListenerProtocol, Pool, SynRate};
+use lb_common::model::{DesiredState, Id, LbAlgorithm, Listener, ListenerProtocol, Pool, SynRate};
 use lb_common::xdp::*;
 
 use super::XdpError;
@@ -117,8 +118,12 @@ pub fn sync(maps: &mut Maps, w: &mut Written, state: &DesiredState, settings: &S
     report
 }
 
-fn forwards(protocol: ListenerProtocol) -> bool {
+/// Whether the program forwards the listener's flows itself. `LEAST_CONNECTIONS` pools are left
+/// to lbd's userspace proxy, which counts each member's connections: a hash cannot (UDP
+/// pools cannot have that algorithm; the API refuses it).
+fn forwards(protocol: ListenerProtocol, pool: Option<&Pool>) -> bool {
     matches!(protocol, ListenerProtocol::Tcp | ListenerProtocol::Udp | ListenerProtocol::Https)
+        && !pool.is_some_and(|p| p.lb_algorithm == LbAlgorithm::LeastConnections && protocol != ListenerProtocol::Udp)
 }
 
 fn sync_listener(maps: &mut Maps, w: &mut Written, vip: Ipv4Addr, l: &Listener, pool: Option<&Pool>, settings: &Settings) -> Result<(), XdpError> {
@@ -137,7 +142,7 @@ fn sync_listener(maps: &mut Maps, w: &mut Written, vip: Ipv4Addr, l: &Listener, 
         let _ = maps.services.remove(&slot.key);
         slot.key = key;
     }
-    match (forwards(l.protocol), slot.l4) {
+    match (forwards(l.protocol, pool), slot.l4) {
         (true, None) => {
             slot.l4 = Some(free_l4.pop().ok_or(XdpError::Full { what: "TCP/UDP/HTTPS listeners", max: MAX_L4_SERVICES })?);
             slot.ring.clear();
@@ -162,6 +167,9 @@ fn sync_listener(maps: &mut Maps, w: &mut Written, vip: Ipv4Addr, l: &Listener, 
     };
     if let Some(l4) = slot.l4 {
         value.flags |= SVC_FORWARD;
+        if pool.is_some_and(Pool::hashes_source_only) {
+            value.flags |= SVC_HASH_SOURCE;
+        }
         let ring = ring(maps, backends, free_backends, pool, settings.table_size)?;
         let current = [l4 * 2, l4 * 2 + 1];
         if ring != slot.ring || !current.contains(&value.ring) {
@@ -191,15 +199,16 @@ fn sync_listener(maps: &mut Maps, w: &mut Written, vip: Ipv4Addr, l: &Listener, 
     Ok(())
 }
 
-/// The Maglev ring (backend ids) for `pool`: members with weight, keyed by address:port so a
+/// The Maglev ring (backend ids) for `pool`: members taking traffic (backups only while no
+/// other member can), with their weight, keyed by address:port so a
 /// member re-created at the same address gets the same slots. Empty when none can take flows.
 fn ring(maps: &mut Maps, backends: &mut HashMap<SocketAddr, BeSlot>, free: &mut Vec<u32>, pool: Option<&Pool>, size: u32) -> Result<Vec<u32>, XdpError> {
     let Some(pool) = pool.filter(|p| p.admin_state_up) else { return Ok(vec![]) };
     let mut members = Vec::new();
-    for m in pool.members.iter().filter(|m| m.effective_weight() > 0) {
+    for (m, weight) in pool.members.iter().zip(pool.serving_weights()).filter(|(_, w)| *w > 0) {
         let addr = SocketAddr::new(m.address, m.protocol_port);
         match backend(maps, backends, free, addr) {
-            Ok(id) => members.push((addr.to_string(), m.effective_weight(), id)),
+            Ok(id) => members.push((addr.to_string(), weight, id)),
             Err(e @ (XdpError::NoRoute { .. } | XdpError::Ipv6Member(_))) => {
                 tracing::warn!(pool = %pool.id, member = %m.id, error = %e, "member left out of the XDP ring");
             }

@@ -42,9 +42,6 @@ fn apply(m: &mut MemberRec, input: &Input) -> Result<(), OErr> {
         m.weight = w as u32;
     }
     if let Some(b) = input.bool("backup")? {
-        if b {
-            return Err(OErr::bad_request("backup: backup members are not implemented by lbd yet"));
-        }
         m.backup = b;
     }
     if let Some(a) = input.nullable_str("monitor_address")? {

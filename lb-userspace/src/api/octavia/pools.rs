@@ -60,7 +60,7 @@ fn apply(pool: &mut PoolRec, input: &Input) -> Result<(), OErr> {
         pool.lb_algorithm = a;
     }
     if let Some(v) = input.raw("session_persistence") {
-        pool.session_persistence = (!v.is_null()).then(|| v.clone());
+        pool.session_persistence = if v.is_null() { None } else { Some(session_persistence(v)?) };
     }
     if let Some(v) = input.bool("tls_enabled")? {
         pool.tls_enabled = v;
@@ -84,17 +84,64 @@ fn apply(pool: &mut PoolRec, input: &Input) -> Result<(), OErr> {
     Ok(())
 }
 
+/// A pool's `session_persistence` checked field by field, with every Octavia attribute present
+/// (`null` where not set).
+fn session_persistence(v: &serde_json::Value) -> Result<serde_json::Value, OErr> {
+    let sp = Input::from_value(v.clone(), "session_persistence", &["type", "cookie_name", "persistence_timeout", "persistence_granularity"])?;
+    let kind = sp
+        .choice("type", &["SOURCE_IP", "HTTP_COOKIE", "APP_COOKIE"])?
+        .ok_or_else(|| OErr::bad_request("Invalid input for field/attribute type. Mandatory field missing."))?;
+    let cookie = sp.str("cookie_name")?;
+    match (&*kind, &cookie) {
+        ("APP_COOKIE", None) => return Err(OErr::bad_request("Field 'cookie_name' must be provided when using the APP_COOKIE session persistence type.")),
+        ("APP_COOKIE", Some(name)) if name.is_empty() || name.len() > 255 || !name.bytes().all(cookie_name_byte) => {
+            return Err(OErr::bad_request(format!(
+                "Invalid input for field/attribute cookie_name. Value: '{name}'. A cookie name is 1 to 255 visible ASCII characters without separators ( ) < > @ , ; : \\ \" / [ ] ? = {{ }}."
+            )));
+        }
+        ("APP_COOKIE", _) => {}
+        (_, Some(_)) => return Err(OErr::bad_request(format!("Field 'cookie_name' should not be specified when using the {kind} session persistence type."))),
+        _ => {}
+    }
+    let timeout = sp.int("persistence_timeout", 1, i32::MAX as i64)?;
+    let granularity = sp.str("persistence_granularity")?;
+    if let Some(g) = &granularity
+        && g != "255.255.255.255"
+    {
+        return Err(OErr::bad_request(format!(
+            "Invalid input for field/attribute persistence_granularity. Value: '{g}'. lbd keeps single client addresses only (255.255.255.255)."
+        )));
+    }
+    Ok(serde_json::json!({"type": kind, "cookie_name": cookie, "persistence_timeout": timeout, "persistence_granularity": granularity}))
+}
+
+/// A byte RFC 6265 allows in a cookie name (a token: visible ASCII without separators).
+fn cookie_name_byte(b: u8) -> bool {
+    b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)
+}
+
 /// What lbd's data plane can do with a pool; everything else is refused with the reason. TLS
 /// references are resolved and the member TLS settings built now, so bad input is a 400 here.
 fn validate(tx: &mut dyn Txn, s: &ApiState, pool: &PoolRec) -> Result<(), OErr> {
     if !matches!(pool.protocol.as_str(), "HTTP" | "HTTPS" | "TCP" | "UDP") {
         return Err(OErr::bad_request(format!("protocol {}: lbd does not forward to {} pools yet (supported: HTTP, HTTPS, TCP, UDP)", pool.protocol, pool.protocol)));
     }
-    if pool.lb_algorithm != "ROUND_ROBIN" {
-        return Err(OErr::bad_request(format!("lb_algorithm {}: not implemented by lbd yet (supported: ROUND_ROBIN, weighted)", pool.lb_algorithm)));
+    if pool.protocol == "UDP" && pool.lb_algorithm == "LEAST_CONNECTIONS" {
+        return Err(OErr::bad_request(
+            "lb_algorithm LEAST_CONNECTIONS: UDP pools are forwarded by XDP, which places flows by hashing and does not count member connections (use ROUND_ROBIN, SOURCE_IP or SOURCE_IP_PORT)",
+        ));
     }
-    if pool.session_persistence.is_some() {
-        return Err(OErr::bad_request("session_persistence: not implemented by lbd yet"));
+    if let Some(sp) = &pool.session_persistence {
+        let kind = sp["type"].as_str().unwrap_or_default();
+        if kind != "SOURCE_IP" && pool.protocol != "HTTP" {
+            return Err(OErr::bad_request(format!(
+                "session_persistence: type {kind} needs an HTTP pool, where lbd reads and sets cookies; {} pools support SOURCE_IP",
+                pool.protocol
+            )));
+        }
+        if pool.protocol != "UDP" && (!sp["persistence_timeout"].is_null() || !sp["persistence_granularity"].is_null()) {
+            return Err(OErr::bad_request("session_persistence: persistence_timeout and persistence_granularity is only for UDP and SCTP protocol pools."));
+        }
     }
     if pool.crl_container_ref.is_some() && pool.ca_tls_container_ref.is_none() {
         return Err(OErr::bad_request("crl_container_ref: a CRL needs ca_tls_container_ref (member certificates are only checked against a CA)"));
