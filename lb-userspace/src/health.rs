@@ -6,6 +6,11 @@
 //! The verdicts flow one way: the controller reads them into the desired state (a member out of
 //! service has no weight, in the userspace proxy and in XDP's Maglev tables alike) and into each
 //! member's `operating_status`; a change of verdict wakes the controller.
+//!
+//! `HTTPS` and `TLS-HELLO` checks of a pool with TLS to its members speak TLS as the pool's
+//! traffic does (as HAProxy's checks inherit a server's `ssl` settings): the member's
+//! certificate is verified against the pool's CA and CRLs, and lb's client certificate is
+//! presented. Pools without `tls_enabled` are checked without verification.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +23,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::metrics::{MemberLabels, Metrics, PoolMemberLabels};
-use lb_common::model::{DesiredState, HealthMonitor, HttpCheck, MonitorKind};
+use crate::tls::client::member_tls;
+use lb_common::model::{DesiredState, HealthMonitor, HttpCheck, MonitorKind, PoolTls};
 
 /// Checks never run closer together than this, whatever `delay` says (Octavia allows 0).
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -31,6 +37,9 @@ struct Target {
     pool: String,
     monitor: HealthMonitor,
     addr: SocketAddr,
+    /// The pool's TLS to members (`tls_enabled`): HTTPS and TLS-HELLO checks use it, as the
+    /// pool's traffic does (trust anchors, CRLs, lb's client certificate, server name).
+    tls: Option<PoolTls>,
 }
 
 /// A monitored member's standing.
@@ -90,7 +99,7 @@ impl HealthChecks {
                 let Some(monitor) = pool.health_monitor.as_ref().filter(|h| h.admin_state_up) else { continue };
                 for m in pool.members.iter().filter(|m| m.admin_state_up) {
                     let addr = SocketAddr::new(m.monitor_address.unwrap_or(m.address), m.monitor_port.unwrap_or(m.protocol_port));
-                    wanted.insert(m.id.clone(), Target { pool: pool.id.clone(), monitor: monitor.clone(), addr });
+                    wanted.insert(m.id.clone(), Target { pool: pool.id.clone(), monitor: monitor.clone(), addr, tls: pool.tls.clone() });
                 }
             }
         }
@@ -110,12 +119,18 @@ impl HealthChecks {
             if checkers.contains_key(&id) {
                 continue;
             }
+            let tls = match &target.tls {
+                None => Ok(CheckTls { connector: self.tls.clone(), server_name: None }),
+                Some(pool_tls) => member_tls(pool_tls, target.monitor.kind == MonitorKind::Https, false)
+                    .map(|t| CheckTls { connector: tokio_rustls::TlsConnector::from(t.config), server_name: t.server_name })
+                    .map_err(|e| e.to_string()),
+            };
             let watch = Watch {
                 member: id.clone(),
                 target: target.clone(),
                 verdicts: self.verdicts.clone(),
                 changed: self.changed.clone(),
-                tls: self.tls.clone(),
+                tls,
                 metrics: self.metrics.clone(),
             };
             checkers.insert(id, Checker { target, task: tokio::spawn(watch.run()) });
@@ -149,13 +164,23 @@ impl Drop for HealthChecks {
     }
 }
 
+/// How a checker speaks TLS: the pool's member settings, or (pools without `tls_enabled`)
+/// unverified without a client certificate.
+#[derive(Clone)]
+struct CheckTls {
+    connector: tokio_rustls::TlsConnector,
+    /// The pool's name for its members' certificates, if it sets one.
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
 /// One member's checker.
 struct Watch {
     member: String,
     target: Target,
     verdicts: Arc<Mutex<HashMap<String, Verdict>>>,
     changed: Arc<Notify>,
-    tls: tokio_rustls::TlsConnector,
+    /// `Err`: the pool's TLS settings do not build (every TLS check fails with the reason).
+    tls: Result<CheckTls, String>,
     metrics: Arc<Metrics>,
 }
 
@@ -211,7 +236,7 @@ fn fail(reason: &'static str, detail: impl ToString) -> Failure {
 }
 
 /// One check of `target`, bounded by the monitor's timeout.
-async fn check(target: &Target, tls: &tokio_rustls::TlsConnector) -> Result<(), Failure> {
+async fn check(target: &Target, tls: &Result<CheckTls, String>) -> Result<(), Failure> {
     let monitor = &target.monitor;
     if monitor.kind == MonitorKind::UdpConnect {
         // Success is the absence of a refusal within the timeout: this check waits it out.
@@ -223,14 +248,17 @@ async fn check(target: &Target, tls: &tokio_rustls::TlsConnector) -> Result<(), 
             MonitorKind::Tcp => connect(target.addr).await.map(drop),
             MonitorKind::Http => http(connect(target.addr).await?, monitor.http.as_ref(), target.addr).await,
             MonitorKind::Https | MonitorKind::TlsHello => {
+                let tls = tls.as_ref().map_err(|e| fail("tls_config", e))?;
                 let tcp = connect(target.addr).await?;
-                let name = monitor
-                    .http
-                    .as_ref()
-                    .and_then(|h| h.host.clone())
-                    .and_then(|h| rustls::pki_types::ServerName::try_from(h).ok())
-                    .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(target.addr.ip().into()));
-                let stream = tls.connect(name, tcp).await.map_err(|e| fail("tls", e))?;
+                let name = tls.server_name.clone().unwrap_or_else(|| {
+                    monitor
+                        .http
+                        .as_ref()
+                        .and_then(|h| h.host.clone())
+                        .and_then(|h| rustls::pki_types::ServerName::try_from(h).ok())
+                        .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(target.addr.ip().into()))
+                });
+                let stream = tls.connector.connect(name, tcp).await.map_err(|e| fail("tls", e))?;
                 match monitor.kind {
                     MonitorKind::Https => http(stream, monitor.http.as_ref(), target.addr).await,
                     _ => Ok(()),

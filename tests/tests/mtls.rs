@@ -209,6 +209,48 @@ async fn mtls_member_accepts_lbs_client_certificate_and_refuses_a_connection_wit
     assert!(refused == "502" || refused == "503", "the member refuses lb without a client certificate: {refused}");
 }
 
+/// HTTPS health checks of a pool with TLS to its members speak the pool's TLS: an mTLS member
+/// (which refuses connections without a client certificate) passes them because lb presents
+/// its certificate, and a member whose certificate the pool's CA did not issue fails them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_health_checks_present_the_pools_client_certificate_and_verify_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "member ca");
+    let other = Ca::new(dir.path(), "other ca");
+    let mtls_member = SServer::start(&ca.issue("member", 30, &["127.0.0.1"]), Some(&ca.cert_path), "-www");
+    let foreign = SServer::start(&other.issue("foreign member", 31, &["127.0.0.1"]), None, "-www");
+    let lb_client = ca.issue("lb client", 32, &["lb.internal"]);
+    let daemon = Daemon::start(KtlsMode::Auto);
+    let mut s = state(free_port(), &[mtls_member.addr, foreign.addr], tls_settings(bundle(dir.path(), "lb.example"), vec![]), PoolProtocol::Http, Some(pool_tls(Some(&ca), None, Some(&lb_client))));
+    s.load_balancers[0].pools[0].health_monitor = Some(HealthMonitor {
+        id: "hm".into(),
+        kind: MonitorKind::Https,
+        delay: Duration::from_secs(1),
+        timeout: Duration::from_secs(2),
+        rise: 1,
+        fall: 1,
+        http: Some(HttpCheck { method: "GET".into(), path: "/".into(), expected: vec![(200, 200)], host: None }),
+        admin_state_up: true,
+    });
+    assert_eq!(daemon.apply(&s).await.pools["p1"], Ok(()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // No verdict until a member's first check has finished.
+        let (m0, m1) = (daemon.health.verdict("m0"), daemon.health.verdict("m1"));
+        if let (Some(m0), Some(m1)) = (m0, m1)
+            && !m1.healthy
+        {
+            assert!(m0.healthy, "the mTLS member answers lb's checks");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "verdicts {m0:?} {m1:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = daemon.metrics.encode();
+    assert!(metric(&metrics, r#"lb_health_check_failures_total{pool="p1",member="m1",reason="tls"}"#) >= 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, r#"lb_health_check_failures_total{pool="p1",member="m0",reason="tls"}"#), 0.0, "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lb_refuses_members_from_another_ca_revoked_or_named_for_another_host() {
     let dir = tempfile::tempdir().unwrap();
