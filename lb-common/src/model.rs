@@ -28,6 +28,9 @@ pub struct LoadBalancer {
     pub id: Id,
     pub vip_address: IpAddr,
     pub admin_state_up: bool,
+    /// Failovers requested so far: a change makes the data plane rebuild this load balancer's
+    /// TLS contexts and member pools from scratch.
+    pub epoch: u64,
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
 }

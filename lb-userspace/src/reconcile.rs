@@ -55,15 +55,18 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     /// The XDP data path, when lbd runs it (`--xdp-interface`).
     xdp: Option<Arc<XdpPlane>>,
+    /// Each load balancer's `epoch` as last applied.
+    epochs: HashMap<Id, u64>,
 }
 
 impl Reconciler {
     pub fn new(policy: Arc<OffloadPolicy>, metrics: Arc<Metrics>, xdp: Option<Arc<XdpPlane>>) -> Self {
-        Reconciler { running: HashMap::new(), pools: HashMap::new(), policy, metrics, xdp }
+        Reconciler { running: HashMap::new(), pools: HashMap::new(), policy, metrics, xdp, epochs: HashMap::new() }
     }
 
     /// Makes the data plane match `state`.
     pub fn apply(&mut self, state: &DesiredState) -> ApplyReport {
+        self.forget_failed_over(state);
         let mut report = ApplyReport::default();
         let mut pools = HashMap::new();
         for (id, pool) in state.pools() {
@@ -115,6 +118,30 @@ impl Reconciler {
             }
         }
         report
+    }
+
+    /// Drops what is kept between applies (TLS contexts, member pools with their idle
+    /// connections, stick tables) for load balancers whose `epoch` changed (a failover), so
+    /// they are built again from the desired state: certificates read anew, new session-ticket
+    /// keys, new member connections. Listening sockets, connection limits and established
+    /// connections are kept.
+    fn forget_failed_over(&mut self, state: &DesiredState) {
+        let mut epochs = HashMap::new();
+        for lb in &state.load_balancers {
+            if self.epochs.get(&lb.id).is_some_and(|e| *e != lb.epoch) {
+                tracing::info!(loadbalancer = %lb.id, epoch = lb.epoch, "failover: rebuilding TLS contexts and member pools");
+                for p in &lb.pools {
+                    self.pools.remove(&p.id);
+                }
+                for l in &lb.listeners {
+                    if let Some(running) = self.running.get_mut(&l.id) {
+                        running.tls = None;
+                    }
+                }
+            }
+            epochs.insert(lb.id.clone(), lb.epoch);
+        }
+        self.epochs = epochs;
     }
 
     /// The runtime for `pool`. Idle member connections survive unless the TLS settings changed;

@@ -35,6 +35,7 @@ pub fn state(port: u16, backends: &[SocketAddr], tls: ListenerTls, pool_protocol
             id: "lb1".into(),
             vip_address: "127.0.0.1".parse().unwrap(),
             admin_state_up: true,
+            epoch: 0,
             listeners: vec![Listener {
                 id: "l1".into(),
                 protocol: ListenerProtocol::TerminatedHttps,

@@ -61,6 +61,55 @@ async fn fully_populated_create_serves_and_reports_a_status_tree() {
     .unwrap();
 }
 
+/// `openstack loadbalancer failover` rebuilds the load balancer's TLS contexts: a TLS 1.2
+/// session resumes before it and not after (new session-ticket keys and cache), while the
+/// listener keeps serving; an unknown load balancer is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_rebuilds_the_load_balancers_tls_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend("failover").await;
+    let work = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let lbd = Lbd::start(&work);
+        let api = Api::login(&lbd);
+        let (c, k) = self_signed(&work, "fo.example", "30");
+        let p12 = pkcs12(&work, &c, &k, "", false);
+        use base64::Engine;
+        let (code, secret) = api.post("/v1/secrets/", json!({"name": "fo", "payload": base64::engine::general_purpose::STANDARD.encode(p12),
+            "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}));
+        assert_eq!(code, 201, "{secret}");
+        let port = free_port();
+        let (code, lb) = api.post("/v2.0/lbaas/loadbalancers", json!({"loadbalancer": {"name": "fo", "vip_address": "127.0.0.1",
+            "listeners": [{"protocol": "TERMINATED_HTTPS", "protocol_port": port, "default_tls_container_ref": secret["secret_ref"],
+                           "default_pool": {"protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN", "members": [{"address": "127.0.0.1", "protocol_port": backend.port()}]}}]}}));
+        assert_eq!(code, 201, "{lb}");
+        let id = lb["loadbalancer"]["id"].as_str().unwrap().to_string();
+        api.wait_active(&id);
+        let sess = work.join("sess.pem");
+        let s_client = |session: &str| -> String {
+            let out = Command::new("openssl")
+                .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "fo.example", "-tls1_2", session])
+                .arg(&sess)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        assert!(s_client("-sess_out").contains("New, TLSv1.2"));
+        assert!(s_client("-sess_in").contains("Reused, TLSv1.2"), "resumption works before the failover");
+        lbd.os(&["loadbalancer", "failover", &id]);
+        api.wait_active(&id);
+        assert!(s_client("-sess_in").contains("New, TLSv1.2"), "the failover gave the listener new session keys");
+        assert!(lbd.log().contains("failover: rebuilding TLS contexts and member pools"));
+        let out = Command::new("curl").args(["-sk", &format!("https://127.0.0.1:{port}/")]).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("backend=failover"));
+        let (code, body) = api.put("/v2.0/lbaas/loadbalancers/00000000-0000-0000-0000-000000000000/failover", json!({}));
+        assert_eq!(code, 404, "{body}");
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_filter_select_fields_and_page_and_errors_use_each_services_format() {
     let dir = tempfile::tempdir().unwrap();

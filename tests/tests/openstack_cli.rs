@@ -270,6 +270,9 @@ openstack loadbalancer member create --address 127.0.0.1 --protocol-port {backen
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let out = as_user("alice", "p1", &["loadbalancer", "create", "--name", "alice-lb", "--vip-subnet-id", "lo-127.0.0.0", "--vip-address", "127.0.0.2", "--wait"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // Failover is for admins, as in Octavia (what it does: tests/api_http.rs).
+        let out = as_user("alice", "p1", &["loadbalancer", "failover", "alice-lb"]);
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Policy does not allow"), "{}", String::from_utf8_lossy(&out.stderr));
         let out = as_user("bob", "p2", &["secret", "list", "-f", "value"]);
         assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("alice-secret"));
         let out = as_user("bob", "p2", &["loadbalancer", "show", "alice-lb"]);

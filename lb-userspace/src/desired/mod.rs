@@ -320,7 +320,7 @@ pub fn build(tx: &mut dyn Txn, kek: &Kek, generation: u64) -> Result<Built, Stor
     let mut load_balancers = Vec::new();
     for lb in &lbs {
         let Ok(vip_address) = lb.vip_address.parse() else { continue };
-        let mut out = LoadBalancer { id: lb.common.id.clone(), vip_address, admin_state_up: lb.common.admin_state_up, listeners: vec![], pools: vec![] };
+        let mut out = LoadBalancer { id: lb.common.id.clone(), vip_address, admin_state_up: lb.common.admin_state_up, epoch: lb.failovers, listeners: vec![], pools: vec![] };
         for l in listeners.iter().filter(|l| l.loadbalancer_id == lb.common.id) {
             match listener(tx, kek, l, &policies, &rules) {
                 Ok(built) => out.listeners.push(built),

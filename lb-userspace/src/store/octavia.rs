@@ -60,6 +60,9 @@ pub struct LoadBalancerRec {
     pub flavor_id: Option<String>,
     #[serde(default)]
     pub availability_zone: Option<String>,
+    /// `PUT /loadbalancers/{id}/failover` calls so far (internal, not rendered).
+    #[serde(default)]
+    pub failovers: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

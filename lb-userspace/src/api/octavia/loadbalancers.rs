@@ -1,5 +1,6 @@
 //! `/loadbalancers`: create (also fully populated, with nested listeners, pools, members and
-//! health monitors in one call), list, show, update, delete (`?cascade=True`), stats, status.
+//! health monitors in one call), list, show, update, delete (`?cascade=True`), stats, status,
+//! failover.
 
 use std::sync::Arc;
 
@@ -36,6 +37,26 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/loadbalancers/{id}", get(show).put(update).delete(delete))
         .route("/loadbalancers/{id}/stats", get(stats))
         .route("/loadbalancers/{id}/status", get(status))
+        .route("/loadbalancers/{id}/failover", axum::routing::put(failover))
+}
+
+/// `openstack loadbalancer failover`: lbd runs no amphorae to replace, so a failover rebuilds
+/// the load balancer's data-plane state from the store (certificates read anew, TLS contexts
+/// with new session-ticket keys, member pools and their connections) without closing its
+/// listening sockets or established connections. Admin only, as in Octavia; 202, then
+/// `PENDING_UPDATE` until the controller has applied it.
+async fn failover(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<String>) -> Result<StatusCode, OErr> {
+    p.require_write()?;
+    if !p.is_admin() {
+        return Err(OErr::forbidden());
+    }
+    s.write(|tx| -> Result<(), OErr> {
+        let mut lb = lock_lb(tx, &p, &id)?;
+        lb.failovers += 1;
+        tx.put(Kind::LoadBalancer, &id, &lb)?;
+        Ok(())
+    })?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 fn lb_of(tx: &mut dyn Txn, p: &Principal, id: &str) -> Result<LoadBalancerRec, OErr> {
@@ -103,6 +124,7 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, body: Bytes) -> R
         provider: "lbd".into(),
         flavor_id: None,
         availability_zone: input.str("availability_zone")?,
+        failovers: 0,
     };
     let out = s.write(|tx| -> Result<Value, OErr> {
         let usage = Usage::before(tx, &lb.common.project_id)?;

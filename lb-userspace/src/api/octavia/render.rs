@@ -49,6 +49,9 @@ fn base<T: Serialize>(rec: &T, project_id: &str) -> Value {
 
 pub fn loadbalancer(w: &World, lb: &LoadBalancerRec) -> Value {
     let mut v = base(lb, &lb.common.project_id);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("failovers");
+    }
     let id = lb.common.id.as_str();
     v["listeners"] = ids(w.listeners.iter().filter(|l| l.loadbalancer_id == id).map(|l| l.common.id.as_str()));
     v["pools"] = ids(w.pools.iter().filter(|p| p.loadbalancer_id == id).map(|p| p.common.id.as_str()));
