@@ -320,12 +320,17 @@ openstack loadbalancer member create --address 127.0.0.1 --protocol-port {backen
         assert!(lbd.os_fails(&["loadbalancer", "quota", "set", "--loadbalancer", "-2", "p2"]).contains("load_balancer"));
         lbd.os(&["loadbalancer", "quota", "reset", "p2"]);
 
-        // What the service offers: one provider, no flavors or availability zones.
+        // What the service offers: one provider, no flavors, availability zones or amphorae.
         assert_eq!(lbd.os(&["loadbalancer", "provider", "list", "-f", "value", "-c", "name"]), "lbd");
         assert_eq!(lbd.os(&["loadbalancer", "provider", "capability", "list", "lbd", "-f", "value"]), "");
         assert!(lbd.os_fails(&["loadbalancer", "provider", "capability", "list", "f5"]).contains("Provider 'f5' is not enabled"));
         assert_eq!(lbd.os(&["loadbalancer", "flavor", "list", "-f", "value"]), "");
         assert_eq!(lbd.os(&["loadbalancer", "availabilityzone", "list", "-f", "value"]), "");
+        // No amphorae: an empty list for admins, 403 for others, 404 for any one amphora.
+        assert_eq!(lbd.os(&["loadbalancer", "amphora", "list", "-f", "value"]), "");
+        let out = as_user("bob", "p2", &["loadbalancer", "amphora", "list"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 403"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(lbd.os_fails(&["loadbalancer", "amphora", "show", "6f3d1f3e-0b7c-4c1e-9a57-1d2b3c4d5e6f"]).contains("not found"));
         let out = as_user("bob", "p2", &["loadbalancer", "create", "--name", "bob-lb2", "--vip-subnet-id", "lo-127.0.0.0", "--vip-address", "127.0.0.5", "--wait"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     })

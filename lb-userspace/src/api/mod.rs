@@ -82,6 +82,8 @@ async fn openapi() -> axum::Json<serde_json::Value> {
         ("Octavia", "/v2.0/lbaas/loadbalancers/{id}", &["get", "put", "delete"]),
         ("Octavia", "/v2.0/lbaas/loadbalancers/{id}/stats", &["get"]),
         ("Octavia", "/v2.0/lbaas/loadbalancers/{id}/status", &["get"]),
+        ("Octavia", "/v2.0/lbaas/loadbalancers/{id}/failover", &["put"]),
+        ("Octavia", "/v2.0/octavia/amphorae", &["get"]),
         ("Octavia", "/v2.0/lbaas/listeners", &["get", "post"]),
         ("Octavia", "/v2.0/lbaas/listeners/{id}", &["get", "put", "delete"]),
         ("Octavia", "/v2.0/lbaas/listeners/{id}/stats", &["get"]),

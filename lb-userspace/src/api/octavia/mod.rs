@@ -38,7 +38,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .merge(quotas::routes())
         .merge(providers::routes())
         .merge(l7::routes());
-    Router::new().nest("/v2.0/lbaas", api.clone()).nest("/v2/lbaas", api)
+    let amphorae = providers::amphora_routes();
+    Router::new().nest("/v2.0/lbaas", api.clone()).nest("/v2/lbaas", api).nest("/v2.0/octavia", amphorae.clone()).nest("/v2/octavia", amphorae)
 }
 
 /// Bookkeeping for a new object owned by `p` (or, for admins, the project they name).

@@ -1,6 +1,7 @@
-//! What the service offers, read-only: one provider (`lbd`), and no flavors or availability
-//! zones (lbd refuses `flavor_id`; `availability_zone` is stored as given). Lists answer in
-//! Octavia's shapes so `openstack loadbalancer provider|flavor|availabilityzone list` work.
+//! What the service offers, read-only: one provider (`lbd`), and no flavors, availability
+//! zones (lbd refuses `flavor_id`; `availability_zone` is stored as given) or amphorae (lbd
+//! serves in its own process). Lists answer in Octavia's shapes so `openstack loadbalancer
+//! provider|flavor|availabilityzone|amphora list` work.
 
 use std::sync::Arc;
 
@@ -43,6 +44,26 @@ async fn capabilities(_caller: A, Path(provider): Path<String>, key: &'static st
         return Err(OErr::bad_request(format!("Provider '{provider}' is not enabled.")));
     }
     Ok(Json(json!({ key: [] })))
+}
+
+/// `/v2.0/octavia/amphorae` (admin only, as in Octavia): always empty; one amphora, its
+/// stats, failover or configuration: 404.
+pub fn amphora_routes() -> Router<Arc<ApiState>> {
+    let none = |Path(id): Path<String>| async move { Err::<Json<Value>, _>(OErr::not_found("Amphora", &id)) };
+    Router::new()
+        .route(
+            "/amphorae",
+            get(|s: State<Arc<ApiState>>, a: A, q: RawQuery| async move {
+                if !a.0.is_admin() {
+                    return Err(OErr::forbidden());
+                }
+                empty(s, a, q, "amphorae").await
+            }),
+        )
+        .route("/amphorae/{id}", get(none))
+        .route("/amphorae/{id}/stats", get(none))
+        .route("/amphorae/{id}/failover", axum::routing::put(none))
+        .route("/amphorae/{id}/config", axum::routing::put(none))
 }
 
 async fn empty(State(s): State<Arc<ApiState>>, _caller: A, RawQuery(q): RawQuery, key: &'static str) -> Result<Json<Value>, OErr> {
