@@ -45,6 +45,9 @@ impl Controller {
 
     /// Runs forever: one round now, then one per kick or change of a member's health.
     pub async fn run(self: Arc<Self>) {
+        if let Err(e) = self.restore_health() {
+            tracing::error!(error = %e, "recorded health verdicts not read; members start in service");
+        }
         loop {
             if let Err(e) = self.round().await {
                 tracing::error!(error = %e, "reconcile round failed; retrying on the next change");
@@ -54,6 +57,30 @@ impl Controller {
                 () = self.daemon.health.changed().notified() => {}
             }
         }
+    }
+
+    /// Gives the health checks back the verdicts this loop recorded before a restart: a member
+    /// `ERROR` stays out of service, one `ONLINE` in, until its checks say otherwise.
+    fn restore_health(&self) -> Result<(), StoreError> {
+        let mut tx = self.store.begin()?;
+        let recorded: Vec<(String, Verdict)> = tx
+            .list_raw(Kind::Member)?
+            .iter()
+            .filter_map(|m| {
+                let healthy = match m["operating_status"].as_str()? {
+                    "ONLINE" => true,
+                    "ERROR" => false,
+                    _ => return None,
+                };
+                Some((m["id"].as_str()?.to_string(), Verdict { healthy, checked: true }))
+            })
+            .collect();
+        let out = recorded.iter().filter(|(_, v)| !v.healthy).count();
+        if !recorded.is_empty() {
+            tracing::info!(members = recorded.len(), out_of_service = out, "health verdicts restored from before the restart");
+        }
+        self.daemon.health.restore(recorded);
+        Ok(())
     }
 
     async fn round(&self) -> Result<(), StoreError> {

@@ -2,6 +2,9 @@
 //! task on the control thread that checks it every `delay`: `max_retries_down` consecutive
 //! failures take it out of service, `max_retries` consecutive successes bring it back. A member
 //! is in service until checks say otherwise, so a new monitor never empties a working pool.
+//! After a restart the verdicts recorded before it (members' `operating_status`) hold until
+//! checks change them, as HAProxy's server-state file does for Octavia's amphorae: a member that
+//! was out stays out until `max_retries` checks pass.
 //!
 //! The verdicts flow one way: the controller reads them into the desired state (a member out of
 //! service has no weight, in the userspace proxy and in XDP's Maglev tables alike) and into each
@@ -109,12 +112,12 @@ impl HealthChecks {
             if !keep {
                 c.task.abort();
                 if !wanted.contains_key(id) {
-                    self.verdicts.lock().expect("verdicts lock").remove(id);
                     self.metrics.member_healthy.remove(&PoolMemberLabels { pool: c.target.pool.clone(), member: id.clone() });
                 }
             }
             keep
         });
+        self.verdicts.lock().expect("verdicts lock").retain(|id, _| wanted.contains_key(id));
         for (id, target) in wanted {
             if checkers.contains_key(&id) {
                 continue;
@@ -135,6 +138,13 @@ impl HealthChecks {
             };
             checkers.insert(id, Checker { target, task: tokio::spawn(watch.run()) });
         }
+    }
+
+    /// Takes back verdicts recorded before a restart; call before the first [`Self::apply`],
+    /// which forgets those of members no longer monitored. A restored member out of service
+    /// needs `max_retries` passing checks to come back.
+    pub fn restore(&self, recorded: impl IntoIterator<Item = (String, Verdict)>) {
+        self.verdicts.lock().expect("verdicts lock").extend(recorded);
     }
 
     /// The verdict on a monitored member; `None` when it is not monitored.

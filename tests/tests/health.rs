@@ -63,7 +63,7 @@ async fn failing_members_leave_the_rotation_and_come_back() {
     let b = member_with_health("b", b_health.clone()).await;
     let work = dir.path().to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let lbd = Lbd::start(&work);
+        let mut lbd = Lbd::start(&work);
         let api = Api::login(&lbd);
         let port = free_port();
         let (code, lb) = api.post("/v2.0/lbaas/loadbalancers", json!({"loadbalancer": {"name": "hm", "vip_address": "127.0.0.1",
@@ -84,34 +84,46 @@ async fn failing_members_leave_the_rotation_and_come_back() {
                 })
                 .collect()
         };
-        let statuses = |want_a: &str, want_b: &str, want_pool: &str, want_lb: &str| {
-            let members = member_status(&api, &pool);
+        let statuses = |api: &Api, want_a: &str, want_b: &str, want_pool: &str, want_lb: &str| {
+            let members = member_status(api, &pool);
             let pool_op = api.get(&format!("/v2.0/lbaas/pools/{pool}")).1["pool"]["operating_status"].as_str().unwrap_or_default().to_string();
             let lb_op = api.get(&format!("/v2.0/lbaas/loadbalancers/{lb_id}")).1["loadbalancer"]["operating_status"].as_str().unwrap_or_default().to_string();
             let seen = (members[&ap].clone(), members[&bp].clone(), pool_op, lb_op);
             if (seen.0.as_str(), seen.1.as_str(), seen.2.as_str(), seen.3.as_str()) == (want_a, want_b, want_pool, want_lb) { Ok(()) } else { Err(format!("{seen:?}")) }
         };
-        eventually("both members checked ONLINE", || statuses("ONLINE", "ONLINE", "ONLINE", "ONLINE"));
+        eventually("both members checked ONLINE", || statuses(&api, "ONLINE", "ONLINE", "ONLINE", "ONLINE"));
         assert_eq!(served(), ["backend=a", "backend=b"].map(String::from).into());
 
         // b's check answers 503 (not in 200-204): after two failures it is out of service.
         b_health.store(503, Ordering::Relaxed);
-        eventually("b taken out", || statuses("ONLINE", "ERROR", "DEGRADED", "DEGRADED"));
+        eventually("b taken out", || statuses(&api, "ONLINE", "ERROR", "DEGRADED", "DEGRADED"));
         assert_eq!(served(), ["backend=a"].map(String::from).into(), "a member out of service gets no requests");
         let metrics = String::from_utf8_lossy(&Command::new("curl").args(["-s", &format!("{}/metrics", lbd.url())]).output().unwrap().stdout).to_string();
         let b_id = api.get(&format!("/v2.0/lbaas/pools/{pool}/members?protocol_port={bp}")).1["members"][0]["id"].as_str().unwrap().to_string();
         assert_eq!(metric(&metrics, &format!("lb_member_healthy{{pool=\"{pool}\",member=\"{b_id}\"}}")), 0.0, "{metrics}");
         assert!(metric(&metrics, &format!("lb_health_check_failures_total{{pool=\"{pool}\",member=\"{b_id}\",reason=\"status\"}}")) >= 2.0, "{metrics}");
 
+        // kill -9 and start again: b's verdict is restored, so b gets no requests while its
+        // checks start over (without it b would serve until two checks had failed again).
+        lbd.crash_and_restart();
+        let api = Api::login(&lbd);
+        eventually("the listener serves after the restart", || {
+            let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/")]).output().unwrap();
+            if out.stdout == b"200" { Ok(()) } else { Err(String::from_utf8_lossy(&out.stdout).to_string()) }
+        });
+        assert_eq!(served(), ["backend=a"].map(String::from).into(), "a member out of service before a restart stays out after it");
+        assert!(lbd.log().contains("health verdicts restored"), "{}", lbd.log());
+        statuses(&api, "ONLINE", "ERROR", "DEGRADED", "DEGRADED").unwrap();
+
         // 204 is expected too: two passes bring b back.
         b_health.store(204, Ordering::Relaxed);
-        eventually("b back", || statuses("ONLINE", "ONLINE", "ONLINE", "ONLINE"));
+        eventually("b back", || statuses(&api, "ONLINE", "ONLINE", "ONLINE", "ONLINE"));
         assert_eq!(served(), ["backend=a", "backend=b"].map(String::from).into());
 
         // Both failing: the pool is ERROR and clients get 503, not a hang.
         a_health.store(500, Ordering::Relaxed);
         b_health.store(500, Ordering::Relaxed);
-        eventually("both out", || statuses("ERROR", "ERROR", "ERROR", "DEGRADED"));
+        eventually("both out", || statuses(&api, "ERROR", "ERROR", "ERROR", "DEGRADED"));
         let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", &format!("http://127.0.0.1:{port}/")]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "503");
         let (code, hm) = api.get("/v2.0/lbaas/healthmonitors");
@@ -121,7 +133,7 @@ async fn failing_members_leave_the_rotation_and_come_back() {
         let (code, body) = api.put(&format!("/v2.0/lbaas/healthmonitors/{hm_id}"), json!({"healthmonitor": {"admin_state_up": false}}));
         assert_eq!(code, 200, "{body}");
         api.wait_active(&lb_id);
-        eventually("monitor off", || statuses("NO_MONITOR", "NO_MONITOR", "ONLINE", "ONLINE"));
+        eventually("monitor off", || statuses(&api, "NO_MONITOR", "NO_MONITOR", "ONLINE", "ONLINE"));
         assert_eq!(served(), ["backend=a", "backend=b"].map(String::from).into());
 
         // Bad monitor settings are refused with the field named, and change nothing.
