@@ -341,14 +341,30 @@ impl Pool {
     pub fn hashes_source_only(&self) -> bool {
         self.lb_algorithm == LbAlgorithm::SourceIp || matches!(self.persistence, Some(Persistence::SourceIp { .. }))
     }
+
+    /// The part of an IPv4 client address that source hashing keeps (network order bytes):
+    /// the `SOURCE_IP` persistence granularity, all of it otherwise.
+    pub fn source_mask_v4(&self) -> [u8; 4] {
+        match self.persistence {
+            Some(Persistence::SourceIp { ipv4_prefix, .. }) => v4_mask(ipv4_prefix),
+            _ => [255; 4],
+        }
+    }
+}
+
+/// The IPv4 netmask of a prefix length, network order bytes (above 32 counts as 32).
+fn v4_mask(prefix: u8) -> [u8; 4] {
+    u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0).to_be_bytes()
 }
 
 /// Octavia `session_persistence`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Persistence {
     /// A client address keeps the member it was first sent to; the entry is forgotten after
-    /// `timeout` without traffic (`persistence_timeout`).
-    SourceIp { timeout: std::time::Duration },
+    /// `timeout` without traffic (`persistence_timeout`). Addresses that agree in their first
+    /// `ipv4_prefix` bits count as one client (`persistence_granularity`, a netmask; UDP pools
+    /// only, so XDP alone applies it).
+    SourceIp { timeout: std::time::Duration, ipv4_prefix: u8 },
     /// lb sets a cookie naming the member (HTTP pools).
     HttpCookie,
     /// The member's own cookie `name`: a value the member set keeps the client on that member
@@ -534,6 +550,15 @@ impl DesiredState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v4_masks_of_prefix_lengths() {
+        assert_eq!(v4_mask(32), [255, 255, 255, 255]);
+        assert_eq!(v4_mask(24), [255, 255, 255, 0]);
+        assert_eq!(v4_mask(20), [255, 255, 240, 0]);
+        assert_eq!(v4_mask(0), [0, 0, 0, 0]);
+        assert_eq!(v4_mask(40), [255, 255, 255, 255]);
+    }
 
     #[test]
     fn bundle_debug_never_shows_the_key() {

@@ -68,7 +68,9 @@ pub struct Service {
     pub syn_rate: u32,
     /// Bucket depth of that limit (connections allowed at once after an idle period).
     pub syn_burst: u32,
-    pub _pad: u32,
+    /// With `SVC_HASH_SOURCE`: the part of the IPv4 source address that places a flow
+    /// (network order; `persistence_granularity`), all ones for single addresses.
+    pub source_mask: [u8; 4],
 }
 
 /// A member as the data path sees it: value of the `BACKENDS` array.

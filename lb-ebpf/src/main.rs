@@ -313,9 +313,18 @@ fn admit(svc: &Service, src: [u8; 16], now: u64) -> Result<(), SvcCounter> {
 #[inline(always)]
 fn new_flow(svc: &Service, key: &FlowKey, syn_seq: u32, tsval: Option<u32>, now: u64) -> Result<Flow, SvcCounter> {
     let hash = flow_hash(key, true);
-    // SOURCE_IP: every flow of one client address lands on the same slot (the NAT port below
-    // still comes from the whole tuple, so one client's flows do not compete for ports).
-    let place = if svc.flags & SVC_HASH_SOURCE != 0 { flow_hash(key, false) } else { hash };
+    // SOURCE_IP: every flow of one client address (or network, with a persistence granularity)
+    // lands on the same slot (the NAT port below still comes from the whole tuple, so one
+    // client's flows do not compete for ports).
+    let place = if svc.flags & SVC_HASH_SOURCE != 0 {
+        let mut client = *key;
+        for i in 0..4 {
+            client.src[i] &= svc.source_mask[i];
+        }
+        flow_hash(&client, false)
+    } else {
+        hash
+    };
     let slot = place.checked_rem(svc.ring_size).ok_or(SvcCounter::DropNoMember)?;
     let backend_id = *MAGLEV.get(svc.ring.wrapping_mul(RING_STRIDE).wrapping_add(slot)).ok_or(SvcCounter::DropNoMember)?;
     if backend_id == NO_BACKEND {

@@ -186,9 +186,9 @@ async fn algorithms_backups_and_persistence_choose_members_as_octavia_does() {
         assert_eq!(code, 400, "{answer}");
         assert!(answer["faultstring"].as_str().unwrap().contains("LEAST_CONNECTIONS"), "{answer}");
         let (code, answer) = api.post("/v2.0/lbaas/pools", json!({"pool": {"loadbalancer_id": lb_id, "protocol": "UDP", "lb_algorithm": "SOURCE_IP",
-            "session_persistence": {"type": "SOURCE_IP", "persistence_timeout": 60, "persistence_granularity": "255.255.255.0"}}}));
+            "session_persistence": {"type": "SOURCE_IP", "persistence_timeout": 60, "persistence_granularity": "255.0.255.0"}}}));
         assert_eq!(code, 400, "{answer}");
-        assert!(answer["faultstring"].as_str().unwrap().contains("persistence_granularity"), "{answer}");
+        assert!(answer["faultstring"].as_str().unwrap().contains("persistence_granularity") && answer["faultstring"].as_str().unwrap().contains("netmask"), "{answer}");
         let kept = api.get(&format!("/v2.0/lbaas/pools/{pool}")).1["pool"].clone();
         assert_eq!(kept["session_persistence"]["type"], "SOURCE_IP");
         assert_eq!(kept["lb_algorithm"], "ROUND_ROBIN");

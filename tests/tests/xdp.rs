@@ -387,6 +387,65 @@ fn source_ip_backups_and_least_connections_on_xdp_listeners() {
     assert_eq!(userspace(&after) - userspace(&before), 12.0, "lbd's proxy opened one member connection per client connection");
 }
 
+/// UDP `SOURCE_IP` persistence: each client address keeps one member; with a
+/// `persistence_granularity` of 255.255.255.0 the whole client network does.
+#[test]
+fn udp_source_ip_persistence_keeps_a_client_network_on_one_member_with_a_granularity() {
+    let rig = Rig::new(6);
+    let (_, pool, _) = rig.listener(json!({"protocol": "UDP", "protocol_port": 53}), "UDP", UDP_PORT);
+    let vip = rig.vip(53);
+    // Which members answer `rounds` datagrams from each client address. A new socket (so a new
+    // source port and flow) per datagram; the sockets are returned, to be kept open to the end
+    // so that no two flows share a source port.
+    let members_by_address = |rounds: usize| -> (Vec<BTreeMap<String, usize>>, Vec<std::net::UdpSocket>) {
+        let sources: Vec<SocketAddr> = (0..6).map(|a| rig.client(a, 0)).collect();
+        rig.topo.hosts[CLIENT].run(move || {
+            let mut sockets = Vec::new();
+            let seen = sources
+                .iter()
+                .map(|from| {
+                    let mut seen = BTreeMap::new();
+                    for _ in 0..rounds {
+                        let s = std::net::UdpSocket::bind(from).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                        let mut buf = [0u8; 64];
+                        // Sent again, as a UDP client would, while the answer is lost: the first
+                        // answer to a new client address waits for lbd to resolve its neighbour.
+                        let len = (0..3)
+                            .find_map(|_| {
+                                s.send_to(b"q", vip).unwrap();
+                                s.recv_from(&mut buf).ok().map(|(len, _)| len)
+                            })
+                            .unwrap_or_else(|| panic!("no UDP answer through XDP from {from}"));
+                        let member = String::from_utf8_lossy(&buf[..len]).split(':').next().unwrap().to_string();
+                        *seen.entry(member).or_insert(0) += 1;
+                        sockets.push(s);
+                    }
+                    seen
+                })
+                .collect();
+            (seen, sockets)
+        })
+    };
+    let set_persistence = |sp: Value| {
+        let (code, answer) = rig.api.put(&format!("/v2.0/lbaas/pools/{pool}"), json!({"pool": {"session_persistence": sp}}));
+        assert_eq!(code, 200, "{answer}");
+        rig.api.wait_active(&rig.lb);
+    };
+    set_persistence(json!({"type": "SOURCE_IP"}));
+    let (single, _open) = members_by_address(5);
+    assert!(single.iter().all(|m| m.len() == 1), "one member per client address: {single:?}");
+    let used: std::collections::BTreeSet<&String> = single.iter().flat_map(|m| m.keys()).collect();
+    assert!(used.len() >= 2, "six client addresses all hashed to {used:?}");
+
+    set_persistence(json!({"type": "SOURCE_IP", "persistence_granularity": "255.255.255.0"}));
+    let (network, _open2) = members_by_address(3);
+    let used: std::collections::BTreeSet<&String> = network.iter().flat_map(|m| m.keys()).collect();
+    assert_eq!(used.len(), 1, "a /24 granularity keeps the client network on one member: {network:?}");
+    let (_, shown) = rig.api.get(&format!("/v2.0/lbaas/pools/{pool}"));
+    assert_eq!(shown["pool"]["session_persistence"]["persistence_granularity"], "255.255.255.0", "{shown}");
+}
+
 #[test]
 fn udp_datagrams_are_balanced_answered_from_the_vip_and_counted_exactly() {
     let rig = Rig::new(1);

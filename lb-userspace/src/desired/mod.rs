@@ -268,10 +268,24 @@ pub fn health_monitor(h: &HealthMonitorRec) -> Result<HealthMonitor, String> {
 /// Octavia's default `persistence_timeout` (seconds) for source-address persistence.
 const PERSISTENCE_TIMEOUT: u64 = 360;
 
+/// The prefix length of a dotted IPv4 netmask (`255.255.255.0` → 24); `None` when `mask` is
+/// not one (not an address, or its ones are not contiguous).
+pub fn netmask_prefix(mask: &str) -> Option<u8> {
+    let bits = u32::from(mask.parse::<std::net::Ipv4Addr>().ok()?);
+    let prefix = bits.leading_ones();
+    (bits.checked_shl(prefix).unwrap_or(0) == 0).then_some(prefix as u8)
+}
+
 /// A stored `session_persistence` (normalised by the API).
 fn persistence(v: &serde_json::Value) -> Result<Persistence, String> {
     Ok(match v["type"].as_str() {
-        Some("SOURCE_IP") => Persistence::SourceIp { timeout: Duration::from_secs(v["persistence_timeout"].as_u64().unwrap_or(PERSISTENCE_TIMEOUT)) },
+        Some("SOURCE_IP") => Persistence::SourceIp {
+            timeout: Duration::from_secs(v["persistence_timeout"].as_u64().unwrap_or(PERSISTENCE_TIMEOUT)),
+            ipv4_prefix: match v["persistence_granularity"].as_str() {
+                None => 32,
+                Some(g) => netmask_prefix(g).ok_or_else(|| format!("session_persistence persistence_granularity {g:?} is not an IPv4 netmask"))?,
+            },
+        },
         Some("HTTP_COOKIE") => Persistence::HttpCookie,
         Some("APP_COOKIE") => Persistence::AppCookie { name: v["cookie_name"].as_str().ok_or("session_persistence APP_COOKIE without cookie_name")?.to_string() },
         other => return Err(format!("session_persistence type {other:?} is not supported")),
@@ -340,4 +354,20 @@ pub fn build(tx: &mut dyn Txn, kek: &Kek, generation: u64) -> Result<Built, Stor
         load_balancers.push(out);
     }
     Ok(Built { state: DesiredState { generation, load_balancers }, errors })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::netmask_prefix;
+
+    #[test]
+    fn netmasks_give_their_prefix_and_others_none() {
+        assert_eq!(netmask_prefix("255.255.255.255"), Some(32));
+        assert_eq!(netmask_prefix("255.255.255.0"), Some(24));
+        assert_eq!(netmask_prefix("255.255.128.0"), Some(17));
+        assert_eq!(netmask_prefix("0.0.0.0"), Some(0));
+        for bad in ["255.0.255.0", "255.255.255.1", "24", "/24", "255.255.255", "ffff::", ""] {
+            assert_eq!(netmask_prefix(bad), None, "{bad}");
+        }
+    }
 }

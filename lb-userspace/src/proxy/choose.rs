@@ -101,7 +101,7 @@ impl Sticky {
     fn new(p: &Persistence, previous: Option<&Chooser>) -> Sticky {
         let old = previous.and_then(|c| c.sticky.as_ref());
         match p {
-            Persistence::SourceIp { timeout } => Sticky::Source(match old {
+            Persistence::SourceIp { timeout, .. } => Sticky::Source(match old {
                 Some(Sticky::Source(t)) if t.timeout == Some(*timeout) => t.clone(),
                 _ => Arc::new(StickTable::new(Some(*timeout))),
             }),
@@ -325,7 +325,7 @@ mod tests {
 
     #[test]
     fn persistence_overrides_the_algorithm_until_the_member_stops_serving() {
-        let (mut p, ids) = pool(LbAlgorithm::RoundRobin, &[(1, false), (1, false)], Some(Persistence::SourceIp { timeout: Duration::from_secs(60) }));
+        let (mut p, ids) = pool(LbAlgorithm::RoundRobin, &[(1, false), (1, false)], Some(Persistence::SourceIp { timeout: Duration::from_secs(60), ipv4_prefix: 32 }));
         let c = Chooser::new(&p, &ids, None).unwrap();
         c.learn_source(client("192.0.2.9", 1).peer, &ids[1]);
         assert!((0..5).all(|port| c.order(&client("::ffff:192.0.2.9", port), |_| 0)[0] == 1), "mapped v4 is the same client");

@@ -163,12 +163,13 @@ fn sync_listener(maps: &mut Maps, w: &mut Written, vip: Ipv4Addr, l: &Listener, 
         conn_limit: l.connection_limit.unwrap_or(0),
         syn_rate: rate.rate,
         syn_burst: rate.burst,
-        _pad: 0,
+        source_mask: [255; 4],
     };
     if let Some(l4) = slot.l4 {
         value.flags |= SVC_FORWARD;
-        if pool.is_some_and(Pool::hashes_source_only) {
+        if let Some(pool) = pool.filter(|p| p.hashes_source_only()) {
             value.flags |= SVC_HASH_SOURCE;
+            value.source_mask = pool.source_mask_v4();
         }
         let ring = ring(maps, backends, free_backends, pool, settings.table_size)?;
         let current = [l4 * 2, l4 * 2 + 1];

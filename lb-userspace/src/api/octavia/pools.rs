@@ -106,10 +106,10 @@ fn session_persistence(v: &serde_json::Value) -> Result<serde_json::Value, OErr>
     let timeout = sp.int("persistence_timeout", 1, i32::MAX as i64)?;
     let granularity = sp.str("persistence_granularity")?;
     if let Some(g) = &granularity
-        && g != "255.255.255.255"
+        && desired::netmask_prefix(g).is_none()
     {
         return Err(OErr::bad_request(format!(
-            "Invalid input for field/attribute persistence_granularity. Value: '{g}'. lbd keeps single client addresses only (255.255.255.255)."
+            "Invalid input for field/attribute persistence_granularity. Value: '{g}'. An IPv4 netmask is expected (contiguous ones, as 255.255.255.0)."
         )));
     }
     Ok(serde_json::json!({"type": kind, "cookie_name": cookie, "persistence_timeout": timeout, "persistence_granularity": granularity}))
