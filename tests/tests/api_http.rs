@@ -352,6 +352,11 @@ async fn batch_member_update_replaces_a_pools_members_all_or_nothing() {
         }
         let (code, _) = api.put("/v2.0/lbaas/pools/00000000-0000-4000-8000-000000000000/members", json!({"members": []}));
         assert_eq!(code, 404);
+        // A cascade delete with a value that is no boolean deletes nothing.
+        let (code, answer) = api.delete(&format!("/v2.0/lbaas/loadbalancers/{id}?cascade=maybe"));
+        assert_eq!(code, 400, "{answer}");
+        assert!(answer["faultstring"].as_str().unwrap().contains("cascade"), "{answer}");
+        assert_eq!(members(), before);
 
         // A member quota of 3 (the pool has 3): a batch that would add a fourth is refused
         // whole with Octavia's 403; updating the three in place is not an addition.

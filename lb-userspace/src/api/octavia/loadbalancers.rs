@@ -169,7 +169,7 @@ async fn update(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<St
 
 async fn delete(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(id): Path<String>, RawQuery(q): RawQuery) -> Result<StatusCode, OErr> {
     p.require_write()?;
-    let cascade = query_pairs(q.as_deref()).iter().any(|(k, v)| k == "cascade" && v.eq_ignore_ascii_case("true"));
+    let cascade = super::query_bool(&query_pairs(q.as_deref()), "cascade")?.unwrap_or(false);
     s.write(|tx| -> Result<(), OErr> {
         lock_lb(tx, &p, &id)?;
         let w = World::load(tx)?;

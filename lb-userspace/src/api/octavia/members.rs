@@ -117,12 +117,7 @@ async fn create(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(pool_id): Pa
 /// transaction); 202 as Octavia answers, the new state visible to GETs at once.
 async fn replace(State(s): State<Arc<ApiState>>, Auth(p, _): A, Path(pool_id): Path<String>, RawQuery(q): RawQuery, body: Bytes) -> Result<StatusCode, OErr> {
     p.require_write()?;
-    let additive_only = match query_pairs(q.as_deref()).iter().rev().find(|(k, _)| k == "additive_only").map(|(_, v)| v.to_ascii_lowercase()) {
-        None => false,
-        Some(v) if v == "true" || v == "1" => true,
-        Some(v) if v == "false" || v == "0" => false,
-        Some(v) => return Err(OErr::bad_request(format!("Invalid input for query parameter additive_only. Value: '{v}'. Expected true or false."))),
-    };
+    let additive_only = super::query_bool(&query_pairs(q.as_deref()), "additive_only")?.unwrap_or(false);
     let root: Value = serde_json::from_slice(&body).map_err(|e| OErr::bad_request(format!("Invalid JSON body: {e}")))?;
     let root = Input::from_value(root, "members", &["members"])?;
     if !root.has("members") {

@@ -106,6 +106,18 @@ pub fn visible<T: serde::de::DeserializeOwned>(
     tx.get::<T>(kind, id)?.filter(|o| p.sees(&common(o).project_id)).ok_or_else(|| OErr::not_found(what, id))
 }
 
+/// A boolean query parameter (the last one given), read as Octavia's API reads booleans
+/// (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`, `t`/`f`, `y`/`n`, any case); anything
+/// else is a 400 naming the parameter.
+pub fn query_bool(query: &[(String, String)], name: &str) -> Result<Option<bool>, OErr> {
+    let Some((_, v)) = query.iter().rev().find(|(k, _)| k == name) else { return Ok(None) };
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "t" | "y" => Ok(Some(true)),
+        "false" | "0" | "no" | "off" | "f" | "n" => Ok(Some(false)),
+        _ => Err(OErr::bad_request(format!("Invalid input for query parameter {name}. Value: '{v}'. Expected a boolean (true or false)."))),
+    }
+}
+
 /// Filters (any attribute), `fields=`, and `limit`/`marker`/`page_reverse` paging of a list.
 pub fn list_response(items: Vec<Value>, query: &[(String, String)], collection: &str, base: &str) -> Result<Value, OErr> {
     const CONTROL: &[&str] = &["limit", "marker", "page_reverse", "fields", "sort", "sort_key", "sort_dir"];
@@ -121,7 +133,7 @@ pub fn list_response(items: Vec<Value>, query: &[(String, String)], collection: 
     };
     let mut items: Vec<Value> = items.into_iter().filter(matches).collect();
     let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.clone());
-    if get("page_reverse").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+    if query_bool(query, "page_reverse")? == Some(true) {
         items.reverse();
     }
     if let Some(marker) = get("marker") {
