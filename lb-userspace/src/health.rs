@@ -118,15 +118,23 @@ impl HealthChecks {
             keep
         });
         self.verdicts.lock().expect("verdicts lock").retain(|id, _| wanted.contains_key(id));
+        // One TLS client configuration per pool (and ALPN), shared by its members' checkers.
+        let mut pool_tls: HashMap<(String, bool), Result<CheckTls, String>> = HashMap::new();
         for (id, target) in wanted {
             if checkers.contains_key(&id) {
                 continue;
             }
+            let https = target.monitor.kind == MonitorKind::Https;
             let tls = match &target.tls {
                 None => Ok(CheckTls { connector: self.tls.clone(), server_name: None }),
-                Some(pool_tls) => member_tls(pool_tls, target.monitor.kind == MonitorKind::Https, false)
-                    .map(|t| CheckTls { connector: tokio_rustls::TlsConnector::from(t.config), server_name: t.server_name })
-                    .map_err(|e| e.to_string()),
+                Some(settings) => pool_tls
+                    .entry((target.pool.clone(), https))
+                    .or_insert_with(|| {
+                        member_tls(settings, https, false)
+                            .map(|t| CheckTls { connector: tokio_rustls::TlsConnector::from(t.config), server_name: t.server_name })
+                            .map_err(|e| e.to_string())
+                    })
+                    .clone(),
             };
             let watch = Watch {
                 member: id.clone(),
