@@ -268,6 +268,12 @@ pub fn health_monitor(h: &HealthMonitorRec) -> Result<HealthMonitor, String> {
 /// Octavia's default `persistence_timeout` (seconds) for source-address persistence.
 const PERSISTENCE_TIMEOUT: u64 = 360;
 
+/// An L7 rule's `REGEX` value compiled as the data plane matches it (the `regex` crate's
+/// syntax, at most 1 MiB compiled): the API refuses a value this does not take.
+pub fn l7_regex(value: &str, case_insensitive: bool) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(value).case_insensitive(case_insensitive).size_limit(1 << 20).build()
+}
+
 /// The prefix length of a dotted IPv4 netmask (`255.255.255.0` → 24); `None` when `mask` is
 /// not one (not an address, or its ones are not contiguous).
 pub fn netmask_prefix(mask: &str) -> Option<u8> {

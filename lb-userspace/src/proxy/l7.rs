@@ -71,7 +71,7 @@ fn compile(rule: &L7Rule) -> Result<Rule, String> {
     let value = if fold { rule.value.to_ascii_lowercase() } else { rule.value.clone() };
     let matcher = match rule.compare {
         L7Compare::Regex => Matcher::Regex(
-            regex::RegexBuilder::new(&rule.value).case_insensitive(fold).size_limit(1 << 20).build().map_err(|e| format!("value {:?} is not a valid regular expression: {e}", rule.value))?,
+            crate::desired::l7_regex(&rule.value, fold).map_err(|e| format!("value {:?} is not a valid regular expression: {e}", rule.value))?,
         ),
         L7Compare::StartsWith => Matcher::StartsWith(value),
         L7Compare::EndsWith => Matcher::EndsWith(value),

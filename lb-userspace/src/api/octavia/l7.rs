@@ -196,11 +196,9 @@ fn apply_rule(r: &mut L7RuleRec, input: &Input) -> Result<(), OErr> {
     Ok(())
 }
 
-/// Refuses a value the data plane could not compile (the same `regex` syntax and size limit).
+/// Refuses a value the data plane could not compile.
 fn regex_check(v: &str) -> Result<(), OErr> {
-    regex::RegexBuilder::new(v)
-        .size_limit(1 << 20)
-        .build()
+    crate::desired::l7_regex(v, false)
         .map(drop)
         .map_err(|e| OErr::bad_request(format!("Invalid input for field/attribute value. Value: '{v}'. Not a valid regular expression: {e}")))
 }
