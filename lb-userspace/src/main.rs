@@ -51,6 +51,12 @@ enum Command {
         /// in /proc/net/tls_stat). Member connections always have it.
         #[arg(long, env = "LBD_KTLS_RX_EXPECT_NO_PAD")]
         ktls_rx_expect_no_pad: bool,
+        /// End an offloaded connection (close_notify, then FIN) before its transmit key has
+        /// encrypted this many records, where that is below the cipher suite's confidentiality
+        /// limit (AES-128-GCM 2^24 records, AES-256-GCM 2^23), which applies anyway: the kernel
+        /// cannot take new keys. Counted conservatively (a short send counts as a record).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..), env = "LBD_KTLS_RECORD_LIMIT")]
+        ktls_record_limit: Option<u64>,
         /// Attach lb's XDP program to this interface (native mode, else generic); repeatable.
         /// Detached when lbd exits.
         #[arg(long = "xdp-interface", env = "LBD_XDP_INTERFACE")]
@@ -181,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ktls,
             ktls_userspace_ciphers,
             ktls_rx_expect_no_pad,
+            ktls_record_limit,
             xdp_interfaces,
             xdp_object,
             xdp_table_size,
@@ -193,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut policy = ktls.policy();
             policy.userspace_ciphers = ktls_userspace_ciphers;
             policy.client_rx_no_pad = ktls_rx_expect_no_pad;
+            policy.record_limit = ktls_record_limit;
             let xdp = match xdp_interfaces.is_empty() {
                 true => None,
                 false => {

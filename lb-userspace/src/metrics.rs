@@ -198,7 +198,7 @@ impl Metrics {
             "1 when the kernel offers kTLS; the reason label says why not otherwise",
             m.ktls_available.clone(),
         );
-        registry.register("ktls_closed", "Offloaded connections ended by a control record, by reason", m.ktls_closed.clone());
+        registry.register("ktls_closed", "Offloaded connections lbd ended, by reason: a control record (alert, key_update, unexpected_handshake, unknown_record) or the transmit key's record limit (record_limit)", m.ktls_closed.clone());
         registry.register("bytes", "Client-side bytes by direction (in: from clients)", m.bytes.clone());
         registry.register("http_responses", "HTTP responses sent to clients by status code", m.http_responses.clone());
         registry.register("xdp_attached", "1 per interface lbd's XDP program is attached to, with the mode", m.xdp_attached.clone());

@@ -685,3 +685,122 @@ async fn tls_to_members_is_offloaded_on_both_legs_in_raw_and_http_modes() {
         }
     }
 }
+
+/// The transmit key's record limit (`--ktls-record-limit`, here 64 records; the suites' own are
+/// 2^23-2^24): a client connection ends with close_notify after a prefix of intact bytes, in raw
+/// (splice) and HTTP modes, counted as `record_limit`; pooled member connections are retired
+/// before it, so no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn offloaded_connections_end_cleanly_before_their_record_limit() {
+    use lb_tests::pki::Ca;
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let limited = || Daemon::start_with(OffloadPolicy { record_limit: Some(64), ..OffloadPolicy::probe() });
+    let closed = |d: &Daemon| metric(&d.metrics.encode(), r#"lb_ktls_closed_total{reason="record_limit"}"#);
+    let want = 4u64 << 20;
+
+    // Raw mode: the download is spliced into the client's kTLS socket until the budget is spent.
+    let (backend, _reports) = bulk::raw_backend().await;
+    let (daemon, port) = serve(limited(), &[backend], tls_with(dir.path(), vec![], &[]), PoolProtocol::Tcp).await;
+    let cfg = client::config(&[&rustls::version::TLS13], Some(vec![cs::TLS13_AES_128_GCM_SHA256]), &[]);
+    let mut tls = client::connect(port, "a.example", cfg.clone()).await.unwrap();
+    tls.write_all(&bulk::raw_header(want, 42)).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut v = bulk::Verifier::new(43);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tls.read(&mut buf).await.expect("the download ends with close_notify, not a bare FIN");
+        if n == 0 {
+            break;
+        }
+        v.update(&buf[..n]);
+    }
+    println!("raw mode: {} of {want} bytes before the record limit", v.received);
+    assert_eq!(v.first_mismatch, None);
+    assert!(v.received > 0 && v.received <= 64 * 16384, "{} bytes", v.received);
+    // The client's direction stays open until the client closes it, as after any half-close.
+    drop(tls);
+    eventually("the record limit to be counted (raw)", || closed(&daemon) == 1.0).await;
+
+    // HTTP mode: a response larger than the budget is cut after intact bytes, with close_notify.
+    let (daemon, port) = serve(limited(), &[bulk::http_backend().await], tls_with(dir.path(), vec![], &[]), PoolProtocol::Http).await;
+    let mut tls = client::connect(port, "a.example", cfg.clone()).await.unwrap();
+    tls.write_all(format!("GET /bytes?n={want}&seed=7 HTTP/1.1\r\nHost: a.example\r\n\r\n").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tls.read_to_end(&mut got).await.expect("the response ends with close_notify");
+    let body_at = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got[..body_at]));
+    let mut v = bulk::Verifier::new(7);
+    v.update(&got[body_at..]);
+    println!("HTTP mode: {} of {want} body bytes before the record limit", v.received);
+    assert_eq!(v.first_mismatch, None);
+    assert!(v.received > 0 && v.received < want, "{} bytes", v.received);
+    drop(tls);
+    eventually("the record limit to be counted (HTTP)", || closed(&daemon) == 1.0).await;
+
+    // HTTP/1.1 keep-alive: once the budget is nearly spent, a whole response says
+    // `Connection: close` and the connection ends there, before the limit.
+    let mut tls = client::connect(port, "a.example", cfg.clone()).await.unwrap();
+    let mut answered = 0;
+    loop {
+        tls.write_all(b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n").await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(tls.read(&mut byte).await.unwrap(), 1, "the connection ended inside a response head after {answered} responses");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200") && head.contains("content-length: 5"), "{head}");
+        let mut body = [0u8; 5];
+        tls.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body, b"hello");
+        answered += 1;
+        if head.contains("connection: close") {
+            break;
+        }
+        assert!(answered < 64, "no response closed the connection");
+    }
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).await.expect("close_notify after the last response");
+    assert!(rest.is_empty());
+    println!("HTTP/1.1 keep-alive: {answered} whole responses, the last with Connection: close");
+    assert_eq!(closed(&daemon), 1.0, "the connection did not reach the limit");
+
+    // Member leg: a TLS member whose pooled kTLS connection would reach the limit after about
+    // 56 requests is replaced before that; every request succeeds.
+    let ca = Ca::new(dir.path(), "member ca");
+    let b_cert = ca.issue("member b", 2, &["127.0.0.1"]);
+    let (_b, b_port) = serve(Daemon::start(KtlsMode::Off), &[bulk::http_backend().await], tls_settings(b_cert.bundle(), vec![]), PoolProtocol::Http).await;
+    let a = limited();
+    let a_port = free_port();
+    let b_addr: std::net::SocketAddr = format!("127.0.0.1:{b_port}").parse().unwrap();
+    let mut state = lb_tests::fixture::state(a_port, &[b_addr], tls_with(dir.path(), vec![], &[]), PoolProtocol::Http);
+    state.load_balancers[0].pools[0].tls = Some(PoolTls {
+        ca_certificates: Some(vec![ca.der()]),
+        crls: vec![],
+        client_certificate: None,
+        server_name: None,
+        tls_versions: vec![],
+        tls_ciphers: vec![],
+        alpn_protocols: vec![],
+    });
+    let report = a.apply(&state).await;
+    assert_eq!(report.pools["p1"], Ok(()));
+    let requests = 150;
+    for i in 0..requests {
+        let mut tls = client::connect(a_port, "a.example", cfg.clone()).await.unwrap();
+        tls.write_all(b"GET /hello HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        tls.read_to_end(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 200"), "request {i}: {:?}", String::from_utf8_lossy(&got));
+    }
+    let m = a.metrics.encode();
+    let opened = metric(&m, r#"lb_member_connections_total{pool="p1",member="m0"}"#);
+    let offloaded = metric(&m, r#"lb_member_tls_connections_total{pool="p1",offload="ktls",reason="installed"}"#);
+    println!("member leg: {requests} requests over {opened} member connections ({offloaded} offloaded)");
+    assert_eq!(offloaded, opened, "{m}");
+    assert!((2.0..=15.0).contains(&opened), "pooled connections retired before the limit, and only then: {opened}\n{m}");
+    assert_eq!(closed(&a), 0.0, "no client connection reached the limit: {m}");
+}

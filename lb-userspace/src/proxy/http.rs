@@ -21,7 +21,8 @@ use super::coalesce::Coalesce;
 use super::l7::Action;
 use super::choose::{Affinity, SERVER_COOKIE, Sticky};
 use super::cookie;
-use super::upstream::{Checkout, InFlight, MemberRuntime, UpBody};
+use super::upstream::{Checkout, InFlight, MemberConn, MemberRuntime, UpBody};
+use crate::tls::budget::RecordBudget;
 use crate::tls::peer::{self, ClientCert};
 
 /// Octavia's `X-SSL-*` header names in the lower case `HeaderName::from_static` requires.
@@ -48,6 +49,9 @@ pub struct ConnContext {
     pub tls: bool,
     /// The verified certificate the client presented, if any.
     pub client_cert: Option<Arc<ClientCert>>,
+    /// An offloaded HTTP/1.1 connection's transmit record budget: once it is nearly spent, a
+    /// response closes the connection (`Connection: close`) rather than run into the limit.
+    pub record_budget: Option<Arc<RecordBudget>>,
 }
 
 /// Serves one client connection until it closes.
@@ -79,11 +83,14 @@ where
 
 async fn proxy(req: Request<Incoming>, ctx: &ConnContext) -> Response<RespBody> {
     let rt = ctx.listener.load_full();
-    let response = forward(req, ctx, &rt).await.unwrap_or_else(|(status, why)| {
+    let mut response = forward(req, ctx, &rt).await.unwrap_or_else(|(status, why)| {
         tracing::debug!(listener = %rt.id, peer = %ctx.peer, %status, why, "request not forwarded");
         error_response(status)
     });
     rt.responses.record(response.status());
+    if ctx.record_budget.as_ref().is_some_and(|b| b.nearly_spent()) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -114,16 +121,16 @@ async fn forward(
         .checkout(&affinity, (rt.timeouts.member_connect, rt.timeouts.member_data))
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let Checkout { member, mut sender, reused, in_flight } = checkout;
-    let first = send(&mut sender, head.build(body, member.addr)).await;
+    let Checkout { member, mut conn, reused, in_flight } = checkout;
+    let first = send(&mut conn.sender, head.build(body, member.addr)).await;
     let response = match first {
         // A reused connection the member closed while idle: safe to replay a bodiless request once.
         Err(SendError::Closed(_)) if reused && replayable => {
-            sender = pool
+            conn = pool
                 .open_http(&member, (rt.timeouts.member_connect, rt.timeouts.member_data))
                 .await
                 .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("member {}: {e}", member.addr)))?;
-            send(&mut sender, head.build(Either::Right(Empty::new()), member.addr)).await
+            send(&mut conn.sender, head.build(Either::Right(Empty::new()), member.addr)).await
         }
         other => other,
     };
@@ -142,7 +149,7 @@ async fn forward(
         }
         _ => {}
     }
-    let body = PooledBody { inner: body, release: Some((member, sender)), in_flight };
+    let body = PooledBody { inner: body, release: Some((member, conn)), in_flight };
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
@@ -328,15 +335,15 @@ fn error_response(status: StatusCode) -> Response<RespBody> {
 /// body has been read to the end. The request counts as in flight until then.
 struct PooledBody {
     inner: Incoming,
-    release: Option<(Arc<MemberRuntime>, SendRequest<UpBody>)>,
+    release: Option<(Arc<MemberRuntime>, MemberConn)>,
     in_flight: InFlight,
 }
 
 impl PooledBody {
     fn release(&mut self) {
         self.in_flight.end();
-        if let Some((member, sender)) = self.release.take() {
-            member.release(sender);
+        if let Some((member, conn)) = self.release.take() {
+            member.release(conn);
         }
     }
 }

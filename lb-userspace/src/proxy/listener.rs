@@ -16,7 +16,7 @@ use super::workers;
 use crate::metrics::{HandshakeLabels, ListenerLabels, ListenerReasonLabels, OffloadLabels, ReasonLabels};
 use crate::tls::verify;
 use crate::tls::accept::{AcceptError, OffloadPolicy, accept};
-use crate::tls::stream::{PeerStream, ControlRecordError};
+use crate::tls::stream::{PeerStream, KtlsClosed};
 use lb_common::model::{ListenerProtocol, PoolProtocol};
 
 /// Binds `addr` with the options a load balancer listener wants (non-blocking, for [`spawn`]).
@@ -164,7 +164,8 @@ async fn handle(tcp: Box<TcpStream>, peer: SocketAddr, shared: Arc<ArcSwap<Liste
                 return;
             }
         }
-        let ctx = Arc::new(ConnContext { listener: shared.clone(), peer, tls: is_tls, client_cert });
+        let record_budget = if h2 { None } else { client.record_budget() };
+        let ctx = Arc::new(ConnContext { listener: shared.clone(), peer, tls: is_tls, client_cert, record_budget });
         // Counts client bytes and closes a connection idle (no byte either way) for client_data.
         let (rx, tx) = rt.byte_counters();
         let client = super::io::Idle::new(client, rt.timeouts.client_data).counted(rx, tx);
@@ -183,14 +184,14 @@ async fn handle(tcp: Box<TcpStream>, peer: SocketAddr, shared: Arc<ArcSwap<Liste
 }
 
 /// The control record that ended an offloaded connection, wherever it sits in an error chain.
-fn control_record<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ControlRecordError> {
+fn control_record<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a KtlsClosed> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(c) = err.downcast_ref::<ControlRecordError>() {
+        if let Some(c) = err.downcast_ref::<KtlsClosed>() {
             return Some(c);
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(c) = io.get_ref().and_then(|i| i.downcast_ref::<ControlRecordError>())
+            && let Some(c) = io.get_ref().and_then(|i| i.downcast_ref::<KtlsClosed>())
         {
             return Some(c);
         }

@@ -12,6 +12,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::tls::budget::RecordBudget;
 use crate::tls::offload;
 use crate::tls::stream::{Record, read_record, send_close_notify};
 
@@ -20,11 +21,12 @@ const CHUNK: usize = 1 << 20;
 
 /// Which ends of a pump are offloaded sockets.
 #[derive(Clone, Copy)]
-pub struct Ends {
+pub struct Ends<'a> {
     /// The source decrypts in the kernel: control records surface as splice errors.
     pub from_ktls: bool,
-    /// The destination encrypts in the kernel: end with close_notify.
-    pub to_ktls: bool,
+    /// The destination encrypts in the kernel (its transmit key's record budget): sends stay
+    /// within the budget, and the pump ends with close_notify.
+    pub to_ktls: Option<&'a RecordBudget>,
 }
 
 /// When either direction of a spliced connection last moved a byte. The connection is idle only
@@ -67,32 +69,57 @@ impl Activity {
 
 /// Moves bytes from `from` to `to` until EOF (TCP FIN or close_notify), then half-closes `to`.
 /// Fails once the connection is idle (`activity`, shared with the other direction's pump).
-pub async fn pump(from: &TcpStream, to: &TcpStream, ends: Ends, activity: &Activity, counter: Counter) -> io::Result<u64> {
+/// Fails once the connection is idle (`activity`, shared with the other direction's pump), or
+/// when the destination's transmit key reaches its record limit (after close_notify and FIN).
+pub async fn pump(from: &TcpStream, to: &TcpStream, ends: Ends<'_>, activity: &Activity, counter: Counter) -> io::Result<u64> {
+    let moved = copy(from, to, ends, activity, counter).await;
+    if ends.to_ktls.is_some() {
+        let to_fd = to.as_raw_fd();
+        match moved {
+            Ok(_) => drop(retry(to, Interest::WRITABLE, || send_close_notify(to_fd)).await),
+            // Best effort, without waiting: the peer may have stopped reading.
+            Err(_) => drop(send_close_notify(to_fd)),
+        }
+    }
+    let sock = socket2::SockRef::from(to);
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    moved
+}
+
+async fn copy(from: &TcpStream, to: &TcpStream, ends: Ends<'_>, activity: &Activity, counter: Counter) -> io::Result<u64> {
     let (pipe_r, pipe_w) = offload::pipe(PIPE_SIZE)?;
     let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
     let mut total = 0u64;
     loop {
         let filled = activity.bound("no data", fill(from, from_fd, pipe_w.as_raw_fd(), to, ends)).await?;
-        let Some(mut in_pipe) = filled else { break };
+        let Some(mut in_pipe) = filled else { return Ok(total) };
         activity.touch();
         total += in_pipe as u64;
         counter.inc_by(in_pipe as u64);
         while in_pipe > 0 {
-            in_pipe -= activity.bound("peer stopped reading", retry(to, Interest::WRITABLE, || offload::splice(pipe_r.as_raw_fd(), to_fd, in_pipe))).await?;
+            in_pipe -= activity.bound("peer stopped reading", send(to, ends.to_ktls, in_pipe, |n| offload::splice(pipe_r.as_raw_fd(), to_fd, n))).await?;
             activity.touch();
         }
     }
-    if ends.to_ktls {
-        let _ = retry(to, Interest::WRITABLE, || send_close_notify(to_fd)).await;
+}
+
+/// One send of up to `len` bytes to `to` once it is writable (`op` sends the length it is
+/// given), within its record budget if it is offloaded.
+async fn send(to: &TcpStream, budget: Option<&RecordBudget>, len: usize, mut op: impl FnMut(usize) -> io::Result<usize>) -> io::Result<usize> {
+    let len = match budget {
+        Some(b) => b.allowed(len)?,
+        None => len,
+    };
+    let sent = retry(to, Interest::WRITABLE, || op(len)).await?;
+    if let Some(b) = budget {
+        b.spend(sent);
     }
-    let sock = socket2::SockRef::from(to);
-    let _ = sock.shutdown(std::net::Shutdown::Write);
-    Ok(total)
+    Ok(sent)
 }
 
 /// Splices what `from` has into the pipe. `None` at end of stream. Application data the kernel
 /// returned through `recvmsg` (after a control record check) is written to `to` directly.
-async fn fill(from: &TcpStream, from_fd: RawFd, pipe_w: RawFd, to: &TcpStream, ends: Ends) -> io::Result<Option<usize>> {
+async fn fill(from: &TcpStream, from_fd: RawFd, pipe_w: RawFd, to: &TcpStream, ends: Ends<'_>) -> io::Result<Option<usize>> {
     loop {
         match retry(from, Interest::READABLE, || offload::splice(from_fd, pipe_w, CHUNK)).await {
             Ok(0) => return Ok(None),
@@ -105,7 +132,7 @@ async fn fill(from: &TcpStream, from_fd: RawFd, pipe_w: RawFd, to: &TcpStream, e
                     Record::Data(n) => {
                         // SAFETY: read_record reported its first n bytes written by the kernel.
                         unsafe { buf.set_len(n) };
-                        write_all(to, &buf).await?
+                        write_all(to, ends.to_ktls, &buf).await?
                     }
                     Record::Skipped => {}
                 }
@@ -115,12 +142,9 @@ async fn fill(from: &TcpStream, from_fd: RawFd, pipe_w: RawFd, to: &TcpStream, e
     }
 }
 
-async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+async fn write_all(to: &TcpStream, budget: Option<&RecordBudget>, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
-        let n = retry(to, Interest::WRITABLE, || {
-            socket2::SockRef::from(to).send(data)
-        })
-        .await?;
+        let n = send(to, budget, data.len(), |n| socket2::SockRef::from(to).send(&data[..n])).await?;
         data = &data[n..];
     }
     Ok(())
@@ -150,7 +174,7 @@ mod tests {
         (far, listener.accept().await.unwrap().0)
     }
 
-    const PLAIN: Ends = Ends { from_ktls: false, to_ktls: false };
+    const PLAIN: Ends = Ends { from_ktls: false, to_ktls: None };
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_upload_longer_than_the_limit_is_not_idle_while_the_member_is_silent() {

@@ -19,6 +19,7 @@ use super::io::Idle;
 use super::workers;
 use crate::metrics::{MemberLabels, Metrics, PoolMemberLabels, PoolOffloadLabels};
 use crate::tls::accept::OffloadPolicy;
+use crate::tls::budget::RecordBudget;
 use crate::tls::client::{self, MemberTls};
 use crate::tls::stream::PeerStream;
 use crate::tls::verify;
@@ -49,7 +50,7 @@ pub enum UpstreamError {
 pub struct MemberRuntime {
     pub id: Arc<str>,
     pub addr: SocketAddr,
-    idle: Box<[Mutex<Vec<SendRequest<UpBody>>>]>,
+    idle: Box<[Mutex<Vec<MemberConn>>]>,
     /// Requests (HTTP) or connections (raw) in flight, counted for `LEAST_CONNECTIONS` only.
     in_flight: AtomicUsize,
 }
@@ -80,29 +81,38 @@ impl Drop for InFlight {
     }
 }
 
+/// An HTTP/1.1 connection to a member.
+pub struct MemberConn {
+    pub sender: SendRequest<UpBody>,
+    /// The connection's transmit record budget when the kernel encrypts it (kTLS).
+    budget: Option<Arc<RecordBudget>>,
+}
+
 impl MemberRuntime {
-    /// Returns a connection whose response has been fully read, for the next request.
-    pub fn release(&self, sender: SendRequest<UpBody>) {
-        if sender.is_closed() {
+    /// Returns a connection whose response has been fully read, for the next request. An
+    /// offloaded connection nearly through its key's record limit is closed instead (cleanly,
+    /// with close_notify, when its driver ends), before a request could run into the limit.
+    pub fn release(&self, conn: MemberConn) {
+        if conn.sender.is_closed() || conn.budget.as_ref().is_some_and(|b| b.nearly_spent()) {
             return;
         }
         let mut idle = self.idle_here().lock().expect("idle pool lock");
         if idle.len() < MAX_IDLE_PER_MEMBER {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 
-    fn take_idle(&self) -> Option<SendRequest<UpBody>> {
+    fn take_idle(&self) -> Option<MemberConn> {
         let mut idle = self.idle_here().lock().expect("idle pool lock");
-        while let Some(s) = idle.pop() {
-            if s.is_ready() {
-                return Some(s);
+        while let Some(c) = idle.pop() {
+            if c.sender.is_ready() {
+                return Some(c);
             }
         }
         None
     }
 
-    fn idle_here(&self) -> &Mutex<Vec<SendRequest<UpBody>>> {
+    fn idle_here(&self) -> &Mutex<Vec<MemberConn>> {
         &self.idle[workers::current() % self.idle.len()]
     }
 }
@@ -122,7 +132,7 @@ pub struct PoolRuntime {
 /// An HTTP connection to a member, ready for one request.
 pub struct Checkout {
     pub member: Arc<MemberRuntime>,
-    pub sender: SendRequest<UpBody>,
+    pub conn: MemberConn,
     /// True when the connection served an earlier request (it may have been closed meanwhile).
     pub reused: bool,
     pub in_flight: InFlight,
@@ -190,10 +200,10 @@ impl PoolRuntime {
         let mut last = String::new();
         for member in candidates {
             let in_flight = InFlight::start(&member, self.chooser.counts_in_flight());
-            let (sender, reused) = match member.take_idle() {
-                Some(sender) => (sender, true),
+            let (conn, reused) = match member.take_idle() {
+                Some(conn) => (conn, true),
                 None => match self.open_http(&member, timeouts).await {
-                    Ok(sender) => (sender, false),
+                    Ok(conn) => (conn, false),
                     Err(e) => {
                         last = format!("{}: {e}", member.addr);
                         continue;
@@ -201,7 +211,7 @@ impl PoolRuntime {
                 },
             };
             self.chooser.learn_source(affinity.peer, &member.id);
-            return Ok(Checkout { member, sender, reused, in_flight });
+            return Ok(Checkout { member, conn, reused, in_flight });
         }
         Err(UpstreamError::AllFailed(last))
     }
@@ -218,16 +228,17 @@ impl PoolRuntime {
         &'a self,
         member: &'a MemberRuntime,
         (connect, member_data): (Duration, Duration),
-    ) -> impl Future<Output = std::io::Result<SendRequest<UpBody>>> + 'a {
+    ) -> impl Future<Output = std::io::Result<MemberConn>> + 'a {
         Box::pin(async move {
             let stream = self.connect_member(member, connect).await?;
+            let budget = stream.record_budget();
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(Idle::new(stream, member_data)))
                 .await
                 .map_err(std::io::Error::other)?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            Ok(sender)
+            Ok(MemberConn { sender, budget })
         })
     }
 

@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::budget::RecordBudget;
 use super::config::suite_name;
 use super::offload::{self, Capabilities, KernelCipher, KernelVersion, RxPadding};
 use super::peer::ClientCert;
@@ -28,17 +29,21 @@ pub struct OffloadPolicy {
     /// straight into lbd's buffers (`lbd serve --ktls-rx-expect-no-pad`). Member connections
     /// always do: members are the operator's own servers. See [`offload::RxPadding`].
     pub client_rx_no_pad: bool,
+    /// At most this many records under one transmit key once offloaded, where it is below the
+    /// cipher suite's confidentiality limit (`lbd serve --ktls-record-limit`). See
+    /// [`super::budget`].
+    pub record_limit: Option<u64>,
 }
 
 impl OffloadPolicy {
     /// Userspace TLS only.
     pub fn disabled() -> Self {
-        OffloadPolicy { enabled: false, capabilities: Capabilities::none("disabled by configuration"), userspace_ciphers: vec![], client_rx_no_pad: false }
+        OffloadPolicy { enabled: false, capabilities: Capabilities::none("disabled by configuration"), userspace_ciphers: vec![], client_rx_no_pad: false, record_limit: None }
     }
 
     /// Probe the kernel and offload whatever it supports.
     pub fn probe() -> Self {
-        OffloadPolicy { enabled: true, capabilities: offload::probe(), userspace_ciphers: vec![], client_rx_no_pad: false }
+        OffloadPolicy { enabled: true, capabilities: offload::probe(), userspace_ciphers: vec![], client_rx_no_pad: false, record_limit: None }
     }
 
     /// Secret extraction is only switched on where it may be used.
@@ -118,9 +123,22 @@ pub fn decide(policy: &OffloadPolicy, version: Option<ProtocolVersion>, suite: S
 }
 
 /// Hands a completed connection's record layer to the kernel: plaintext rustls already decrypted
-/// is kept to be served first, then the secrets leave rustls and TX+RX are installed.
-pub fn hand_over(io: RecordReader<TcpStream>, conn: impl Into<rustls::Connection>, version: ProtocolVersion, padding: RxPadding) -> Result<KtlsStream, String> {
+/// is kept to be served first, then the secrets leave rustls and TX+RX are installed. The
+/// stream may send records up to the suite's confidentiality limit (or `record_limit`, if
+/// lower), counted from the records the key already encrypted in rustls.
+pub fn hand_over(
+    io: RecordReader<TcpStream>,
+    conn: impl Into<rustls::Connection>,
+    version: ProtocolVersion,
+    padding: RxPadding,
+    record_limit: Option<u64>,
+) -> Result<KtlsStream, String> {
     let mut conn: rustls::Connection = conn.into();
+    let suite_limit = match conn.negotiated_cipher_suite().ok_or("no cipher suite negotiated")? {
+        SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+        SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+    };
+    let limit = record_limit.map_or(suite_limit, |l| l.min(suite_limit));
     // With record-bounded reads nothing past the Finished message was read, but rustls may
     // still hold decrypted application data from the last record: serve it first.
     let mut prefix = Vec::new();
@@ -131,8 +149,9 @@ pub fn hand_over(io: RecordReader<TcpStream>, conn: impl Into<rustls::Connection
     }
     let tcp = io.into_inner();
     let secrets = conn.dangerous_extract_secrets().map_err(|e| e.to_string())?;
+    let budget = Arc::new(RecordBudget::new(limit.saturating_sub(secrets.tx.0)));
     offload::install(tcp.as_raw_fd(), version, secrets, padding).map_err(|e| e.to_string())?;
-    Ok(KtlsStream::new(tcp, prefix))
+    Ok(KtlsStream::new(tcp, prefix, budget))
 }
 
 /// Runs the handshake on `tcp` and decides where the records go.
@@ -155,7 +174,7 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>, policy: &OffloadP
         Offload::Kernel => {
             let (io, conn) = tls.into_inner();
             let padding = if policy.client_rx_no_pad { RxPadding::NotExpected } else { RxPadding::Tolerated };
-            PeerStream::Ktls(hand_over(io, conn, version.expect("known version"), padding).map_err(AcceptError::Offload)?)
+            PeerStream::Ktls(hand_over(io, conn, version.expect("known version"), padding, policy.record_limit).map_err(AcceptError::Offload)?)
         }
         Offload::Userspace(_) => {
             tls.get_mut().0.uncork();

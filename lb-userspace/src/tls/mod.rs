@@ -12,6 +12,7 @@
 //! - [`peer`]: the verified client certificate as Octavia's `X-SSL-*` header values.
 
 pub mod accept;
+pub mod budget;
 pub mod config;
 pub mod offload;
 pub mod record;

@@ -6,17 +6,20 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::budget::RecordBudget;
 use super::offload::{self, record_type};
 use super::record::RecordReader;
 
-/// Why an offloaded connection ended on a control record.
+/// Why lbd ended an offloaded connection: a control record the kernel path cannot continue
+/// after, or the transmit key's record limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ControlRecordError {
+pub enum KtlsClosed {
     #[error("peer sent TLS alert {0}")]
     Alert(u8),
     #[error("peer sent a TLS 1.3 KeyUpdate, which the kernel cannot follow here; closing cleanly")]
@@ -25,16 +28,19 @@ pub enum ControlRecordError {
     UnexpectedHandshake(u8),
     #[error("peer sent a record of unknown content type {0}")]
     UnknownRecord(u8),
+    #[error("the transmit key reached its record limit (confidentiality limit of the cipher suite, or --ktls-record-limit); the kernel cannot take new keys here, so the connection is closed")]
+    RecordLimit,
 }
 
-impl ControlRecordError {
+impl KtlsClosed {
     /// Metric label.
     pub fn reason(&self) -> &'static str {
         match self {
-            ControlRecordError::Alert(_) => "alert",
-            ControlRecordError::KeyUpdate => "key_update",
-            ControlRecordError::UnexpectedHandshake(_) => "unexpected_handshake",
-            ControlRecordError::UnknownRecord(_) => "unknown_record",
+            KtlsClosed::Alert(_) => "alert",
+            KtlsClosed::KeyUpdate => "key_update",
+            KtlsClosed::UnexpectedHandshake(_) => "unexpected_handshake",
+            KtlsClosed::UnknownRecord(_) => "unknown_record",
+            KtlsClosed::RecordLimit => "record_limit",
         }
     }
 }
@@ -64,7 +70,7 @@ pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [MaybeUninit<u8>]) -> io::R
         record_type::ALERT if n >= 2 && buf[1] == 0 => Ok(Record::Closed),
         record_type::ALERT => Err(io::Error::new(
             io::ErrorKind::ConnectionAborted,
-            ControlRecordError::Alert(if n >= 2 { buf[1] } else { 0 }),
+            KtlsClosed::Alert(if n >= 2 { buf[1] } else { 0 }),
         )),
         // TLS 1.3 KeyUpdate (handshake type 24): the next records use keys we cannot give the
         // kernel on this connection, so end it before any byte could be misread.
@@ -72,28 +78,28 @@ pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [MaybeUninit<u8>]) -> io::R
             Ok(()) => Ok(Record::Skipped),
             Err(e) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
         },
-        other => Err(io::Error::new(io::ErrorKind::InvalidData, ControlRecordError::UnknownRecord(other))),
+        other => Err(io::Error::new(io::ErrorKind::InvalidData, KtlsClosed::UnknownRecord(other))),
     }
 }
 
 /// Checks the handshake messages of one post-handshake record: only NewSessionTickets (type 4)
 /// may be dropped. A TLS 1.3 KeyUpdate (type 24) means the next records use keys the kernel cannot
 /// be given on this connection, so it is ended before any byte could be misread.
-fn post_handshake(mut record: &[u8]) -> Result<(), ControlRecordError> {
+fn post_handshake(mut record: &[u8]) -> Result<(), KtlsClosed> {
     if record.is_empty() {
-        return Err(ControlRecordError::UnexpectedHandshake(0));
+        return Err(KtlsClosed::UnexpectedHandshake(0));
     }
     while !record.is_empty() {
         let kind = record[0];
         if kind == 24 {
-            return Err(ControlRecordError::KeyUpdate);
+            return Err(KtlsClosed::KeyUpdate);
         }
         let len = match record {
             [_, a, b, c, ..] => usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c),
-            _ => return Err(ControlRecordError::UnexpectedHandshake(kind)),
+            _ => return Err(KtlsClosed::UnexpectedHandshake(kind)),
         };
         if kind != 4 || record.len() < 4 + len {
-            return Err(ControlRecordError::UnexpectedHandshake(kind));
+            return Err(KtlsClosed::UnexpectedHandshake(kind));
         }
         record = &record[4 + len..];
     }
@@ -106,17 +112,44 @@ pub struct KtlsStream {
     io: TcpStream,
     /// Plaintext rustls had already decrypted before the hand-over, served first.
     prefix: Vec<u8>,
+    /// Records the transmit key may still encrypt (shared with the member pool, which retires
+    /// a member connection nearly through it).
+    budget: Arc<RecordBudget>,
     read_closed: bool,
     close_notify_sent: bool,
 }
 
 impl KtlsStream {
-    pub fn new(io: TcpStream, prefix: Vec<u8>) -> Self {
-        KtlsStream { io, prefix, read_closed: false, close_notify_sent: false }
+    pub fn new(io: TcpStream, prefix: Vec<u8>, budget: Arc<RecordBudget>) -> Self {
+        KtlsStream { io, prefix, budget, read_closed: false, close_notify_sent: false }
     }
 
     pub fn tcp(&self) -> &TcpStream {
         &self.io
+    }
+
+    pub fn budget(&self) -> &Arc<RecordBudget> {
+        &self.budget
+    }
+
+    /// Sends at most what the record budget allows of `len` bytes (`send` gets that length):
+    /// `Err(KtlsClosed::RecordLimit)` once it allows nothing, after a close_notify and FIN (best
+    /// effort: a full send buffer leaves only the FIN).
+    fn poll_send(&mut self, cx: &mut Context<'_>, len: usize, send: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>, usize) -> Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        let allowed = match self.budget.allowed(len) {
+            Ok(n) => n,
+            Err(e) => {
+                if !self.close_notify_sent {
+                    self.close_notify_sent = true;
+                    let _ = send_close_notify(self.io.as_raw_fd());
+                    let _ = socket2::SockRef::from(&self.io).shutdown(std::net::Shutdown::Write);
+                }
+                return Poll::Ready(Err(e));
+            }
+        };
+        let sent = ready!(send(Pin::new(&mut self.io), cx, allowed))?;
+        self.budget.spend(sent);
+        Poll::Ready(Ok(sent))
     }
 
     /// Plaintext received before the hand-over, to be forwarded before anything else.
@@ -163,11 +196,19 @@ impl AsyncRead for KtlsStream {
 
 impl AsyncWrite for KtlsStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        self.get_mut().poll_send(cx, buf.len(), |io, cx, n| io.poll_write(cx, &buf[..n]))
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let len = bufs.iter().map(|b| b.len()).sum();
+        self.get_mut().poll_send(cx, len, |io, cx, n| match n == len {
+            true => io.poll_write_vectored(cx, bufs),
+            // Near the limit: part of the first slice with bytes (a short write, as allowed).
+            false => {
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+                io.poll_write(cx, &first[..n.min(first.len())])
+            }
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -216,11 +257,12 @@ impl PeerStream {
         self.kernel_socket().is_some()
     }
 
-    /// The socket, and whether it is offloaded, when the kernel moves this end's bytes.
-    pub fn kernel_socket(&self) -> Option<(&TcpStream, bool)> {
+    /// The socket, and its transmit key's record budget when it is offloaded, when the kernel
+    /// moves this end's bytes.
+    pub fn kernel_socket(&self) -> Option<(&TcpStream, Option<&RecordBudget>)> {
         match self {
-            PeerStream::Ktls(k) => Some((k.tcp(), true)),
-            PeerStream::Plain(t) => Some((t, false)),
+            PeerStream::Ktls(k) => Some((k.tcp(), Some(&**k.budget()))),
+            PeerStream::Plain(t) => Some((t, None)),
             _ => None,
         }
     }
@@ -250,6 +292,14 @@ impl PeerStream {
         match self {
             PeerStream::Ktls(k) => k.take_prefix(),
             _ => Vec::new(),
+        }
+    }
+
+    /// The transmit key's record budget, when the kernel encrypts this end.
+    pub fn record_budget(&self) -> Option<Arc<RecordBudget>> {
+        match self {
+            PeerStream::Ktls(k) => Some(k.budget().clone()),
+            _ => None,
         }
     }
 }
@@ -312,10 +362,10 @@ mod tests {
     fn new_session_tickets_are_skipped_key_updates_and_others_end_the_connection() {
         assert_eq!(post_handshake(&message(4, 180)), Ok(()));
         assert_eq!(post_handshake(&[message(4, 100), message(4, 90)].concat()), Ok(()));
-        assert_eq!(post_handshake(&message(24, 1)), Err(ControlRecordError::KeyUpdate));
-        assert_eq!(post_handshake(&[message(4, 10), message(24, 1)].concat()), Err(ControlRecordError::KeyUpdate));
-        assert_eq!(post_handshake(&message(13, 5)), Err(ControlRecordError::UnexpectedHandshake(13)));
-        assert_eq!(post_handshake(&message(4, 10)[..8]), Err(ControlRecordError::UnexpectedHandshake(4)), "truncated");
-        assert_eq!(post_handshake(&[]), Err(ControlRecordError::UnexpectedHandshake(0)));
+        assert_eq!(post_handshake(&message(24, 1)), Err(KtlsClosed::KeyUpdate));
+        assert_eq!(post_handshake(&[message(4, 10), message(24, 1)].concat()), Err(KtlsClosed::KeyUpdate));
+        assert_eq!(post_handshake(&message(13, 5)), Err(KtlsClosed::UnexpectedHandshake(13)));
+        assert_eq!(post_handshake(&message(4, 10)[..8]), Err(KtlsClosed::UnexpectedHandshake(4)), "truncated");
+        assert_eq!(post_handshake(&[]), Err(KtlsClosed::UnexpectedHandshake(0)));
     }
 }

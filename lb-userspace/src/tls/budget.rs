@@ -1,0 +1,98 @@
+//! The confidentiality limit of an offloaded connection's keys. An AEAD key may encrypt only so
+//! many records (AES-128-GCM 2^24, AES-256-GCM 2^23 in rustls' suites; ChaCha20-Poly1305 has no
+//! practical limit). While rustls holds the keys it counts records and renews them (TLS 1.3) or
+//! closes (TLS 1.2) in time; once the kernel encrypts, rustls no longer sees the records and its
+//! `kernel` module leaves the count to the caller. The kernels lbd runs on cannot take new
+//! transmit keys, so lbd ends the connection cleanly (close_notify, then FIN) before the limit.
+//!
+//! The count is kept here, without asking the kernel (which would hand the keys back to read the
+//! sequence number): a send of `n` bytes makes at most `n / 16384` full records and one short
+//! one, so the budget runs out at the limit at the latest, earlier when sends are short.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::stream::KtlsClosed;
+
+/// The largest TLS record payload; the kernel fills records up to it.
+const MAX_RECORD: usize = 16 * 1024;
+/// Records kept back for the close_notify (and any alert) that ends the connection.
+const RESERVE: u64 = 8;
+
+/// How many more records may be sent under an offloaded connection's transmit key. Written by
+/// one task at a time (the connection's, or one splice direction); atomic only so that it can be
+/// borrowed across the awaits of a `Send` future.
+#[derive(Debug)]
+pub struct RecordBudget {
+    left: AtomicU64,
+    /// What `left` started at.
+    initial: u64,
+}
+
+impl RecordBudget {
+    /// A budget of `limit` records (the suite's confidentiality limit, or the operator's lower
+    /// `--ktls-record-limit`).
+    pub fn new(limit: u64) -> Self {
+        let initial = limit.saturating_sub(RESERVE);
+        RecordBudget { left: AtomicU64::new(initial), initial }
+    }
+
+    /// Less than an eighth left: a pooled connection is retired rather than reused, so that
+    /// requests do not run into the limit.
+    pub fn nearly_spent(&self) -> bool {
+        self.left.load(Ordering::Relaxed) < self.initial / 8
+    }
+
+    /// The most records a send of `len` bytes can make.
+    fn cost(len: usize) -> u64 {
+        if len == 0 { 0 } else { (len / MAX_RECORD) as u64 + 1 }
+    }
+
+    /// Before a send of `len` bytes: how many of them (from the start) may be sent without
+    /// taking the key past its limit, or an error (`KtlsClosed::RecordLimit`) when none may.
+    pub fn allowed(&self, len: usize) -> io::Result<usize> {
+        let left = self.left.load(Ordering::Relaxed);
+        if len == 0 {
+            return Ok(0);
+        }
+        if left == 0 {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, KtlsClosed::RecordLimit));
+        }
+        // cost(n) <= left exactly when n < left * MAX_RECORD.
+        let most = usize::try_from(left).unwrap_or(usize::MAX).saturating_mul(MAX_RECORD).saturating_sub(1);
+        Ok(len.min(most))
+    }
+
+    /// After a send that moved `sent` bytes (no more than [`Self::allowed`] said).
+    pub fn spend(&self, sent: usize) {
+        let left = self.left.load(Ordering::Relaxed);
+        self.left.store(left.saturating_sub(Self::cost(sent)), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_are_cut_to_what_the_limit_allows_then_refused() {
+        let b = RecordBudget::new(RESERVE + 10);
+        assert_eq!(b.allowed(0).unwrap(), 0);
+        // 3 full records and a short one: 4.
+        assert_eq!(b.allowed(3 * MAX_RECORD + 1).unwrap(), 3 * MAX_RECORD + 1);
+        b.spend(3 * MAX_RECORD + 1);
+        // 6 left: 5 full records and a short one at most.
+        assert_eq!(b.allowed(5 * MAX_RECORD).unwrap(), 5 * MAX_RECORD);
+        assert_eq!(b.allowed(10 * MAX_RECORD).unwrap(), 6 * MAX_RECORD - 1);
+        assert!(!b.nearly_spent());
+        for _ in 0..6 {
+            assert_eq!(b.allowed(100).unwrap(), 100);
+            b.spend(100);
+        }
+        let e = b.allowed(1).unwrap_err();
+        assert!(matches!(e.get_ref().and_then(|i| i.downcast_ref::<KtlsClosed>()), Some(KtlsClosed::RecordLimit)), "each short send counts as a record: {e}");
+        assert_eq!(b.allowed(0).unwrap(), 0);
+        assert!(b.nearly_spent());
+        assert!(!RecordBudget::new(1 << 24).nearly_spent());
+    }
+}
