@@ -54,7 +54,29 @@ pub enum PoolProtocol {
     Https,
     Tcp,
     Udp,
+    /// TCP, each member connection opened with a PROXY protocol v1 header.
     Proxy,
+    /// TCP, each member connection opened with a PROXY protocol v2 header.
+    #[serde(rename = "PROXYV2")]
+    ProxyV2,
+}
+
+impl PoolProtocol {
+    /// The PROXY protocol version members of such a pool are sent first, if any.
+    pub fn proxy_header(self) -> Option<ProxyHeader> {
+        match self {
+            PoolProtocol::Proxy => Some(ProxyHeader::V1),
+            PoolProtocol::ProxyV2 => Some(ProxyHeader::V2),
+            _ => None,
+        }
+    }
+}
+
+/// HAProxy's PROXY protocol: v1 (a text line) or v2 (binary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProxyHeader {
+    V1,
+    V2,
 }
 
 /// Octavia `lb_algorithm`.

@@ -26,8 +26,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::metrics::{MemberLabels, Metrics, PoolMemberLabels};
+use crate::proxy::proxy_header;
 use crate::tls::client::member_tls;
-use lb_common::model::{DesiredState, HealthMonitor, HttpCheck, MonitorKind, PoolTls};
+use lb_common::model::{DesiredState, HealthMonitor, HttpCheck, MonitorKind, PoolTls, ProxyHeader};
 
 /// Checks never run closer together than this, whatever `delay` says (Octavia allows 0).
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -43,6 +44,9 @@ struct Target {
     /// The pool's TLS to members (`tls_enabled`): HTTPS and TLS-HELLO checks use it, as the
     /// pool's traffic does (trust anchors, CRLs, lb's client certificate, server name).
     tls: Option<PoolTls>,
+    /// `PROXY` / `PROXYV2` pools: checks open with the header too (the check connection's own
+    /// addresses), as HAProxy's do on servers with `send-proxy`.
+    proxy: Option<ProxyHeader>,
 }
 
 /// A monitored member's standing.
@@ -102,7 +106,8 @@ impl HealthChecks {
                 let Some(monitor) = pool.health_monitor.as_ref().filter(|h| h.admin_state_up) else { continue };
                 for m in pool.members.iter().filter(|m| m.admin_state_up) {
                     let addr = SocketAddr::new(m.monitor_address.unwrap_or(m.address), m.monitor_port.unwrap_or(m.protocol_port));
-                    wanted.insert(m.id.clone(), Target { pool: pool.id.clone(), monitor: monitor.clone(), addr, tls: pool.tls.clone() });
+                    let target = Target { pool: pool.id.clone(), monitor: monitor.clone(), addr, tls: pool.tls.clone(), proxy: pool.protocol.proxy_header() };
+                    wanted.insert(m.id.clone(), target);
                 }
             }
         }
@@ -263,11 +268,11 @@ async fn check(target: &Target, tls: &Result<CheckTls, String>) -> Result<(), Fa
     let work = async {
         match monitor.kind {
             MonitorKind::Ping => ping(target.addr.ip(), monitor.timeout).await,
-            MonitorKind::Tcp => connect(target.addr).await.map(drop),
-            MonitorKind::Http => http(connect(target.addr).await?, monitor.http.as_ref(), target.addr).await,
+            MonitorKind::Tcp => connect(target).await.map(drop),
+            MonitorKind::Http => http(connect(target).await?, monitor.http.as_ref(), target.addr).await,
             MonitorKind::Https | MonitorKind::TlsHello => {
                 let tls = tls.as_ref().map_err(|e| fail("tls_config", e))?;
-                let tcp = connect(target.addr).await?;
+                let tcp = connect(target).await?;
                 let name = tls.server_name.clone().unwrap_or_else(|| {
                     monitor
                         .http
@@ -288,8 +293,14 @@ async fn check(target: &Target, tls: &Result<CheckTls, String>) -> Result<(), Fa
     tokio::time::timeout(monitor.timeout, work).await.unwrap_or_else(|_| Err(fail("timeout", format!("no answer within {:?}", monitor.timeout))))
 }
 
-async fn connect(addr: SocketAddr) -> Result<TcpStream, Failure> {
-    TcpStream::connect(addr).await.map_err(|e| fail(if e.kind() == std::io::ErrorKind::ConnectionRefused { "refused" } else { "connect" }, e))
+/// A check's connection to the member, opened with the pool's PROXY header if it sends one.
+async fn connect(target: &Target) -> Result<TcpStream, Failure> {
+    let mut tcp = TcpStream::connect(target.addr).await.map_err(|e| fail(if e.kind() == std::io::ErrorKind::ConnectionRefused { "refused" } else { "connect" }, e))?;
+    if let Some(version) = target.proxy {
+        let local = tcp.local_addr().map_err(|e| fail("io", e))?;
+        tcp.write_all(&proxy_header::encode(version, local, target.addr)).await.map_err(|e| fail("io", e))?;
+    }
+    Ok(tcp)
 }
 
 /// Sends the monitor's request and checks the status line of the answer.

@@ -52,14 +52,37 @@ pub fn wait_listening(addr: SocketAddr) {
     panic!("nothing listens on {addr}");
 }
 
-/// Debian's nginx as an mTLS member (`ssl_verify_client on`), answering with what it saw.
+/// Debian's nginx as a member, answering with what it saw.
 pub struct Nginx {
     child: Child,
     pub addr: SocketAddr,
 }
 
 impl Nginx {
+    /// An mTLS member (`ssl_verify_client on`) answering `body`.
     pub fn start(dir: &Path, cert: &Issued, ca: &Path, body: &str) -> Nginx {
+        Self::with_server(dir, &format!(
+            "ssl; ssl_certificate {c}; ssl_certificate_key {k}; ssl_client_certificate {ca}; ssl_verify_client on;\n\
+             location / {{ return 200 \"{body}\\n\"; }}",
+            c = cert.cert.display(),
+            k = cert.key.display(),
+            ca = ca.display()
+        ))
+    }
+
+    /// A member that takes only connections opening with a PROXY protocol header (v1 or v2)
+    /// and answers `client CLIENT_ADDR:PORT server SERVER_ADDR:PORT` from it.
+    pub fn proxy_protocol(dir: &Path) -> Nginx {
+        Self::with_server(
+            dir,
+            "proxy_protocol;\n\
+             location / { return 200 \"client $proxy_protocol_addr:$proxy_protocol_port server $proxy_protocol_server_addr:$proxy_protocol_server_port\\n\"; }",
+        )
+    }
+
+    /// nginx with one server on a free port: `server` follows `listen 127.0.0.1:PORT ` (listen
+    /// parameters, `;`, then the rest of the server block).
+    pub fn with_server(dir: &Path, server: &str) -> Nginx {
         let port = free_port();
         let conf = dir.join("nginx.conf");
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
@@ -70,13 +93,8 @@ impl Nginx {
                  events {{}}\n\
                  http {{ access_log off; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n\
                    uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
-                   server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {c}; ssl_certificate_key {k};\n\
-                     ssl_client_certificate {ca}; ssl_verify_client on;\n\
-                     location / {{ return 200 \"{body}\\n\"; }} }} }}\n",
+                   server {{ listen 127.0.0.1:{port} {server} }} }}\n",
                 d = dir.display(),
-                c = cert.cert.display(),
-                k = cert.key.display(),
-                ca = ca.display()
             ),
         )
         .unwrap();

@@ -1,6 +1,7 @@
 //! Member choice against a real lbd, real curl clients and hyper members: `SOURCE_IP`,
 //! `SOURCE_IP_PORT`, `LEAST_CONNECTIONS`, backup members, and `HTTP_COOKIE`, `APP_COOKIE` and
-//! `SOURCE_IP` session persistence, set through the API and the `openstack` CLI.
+//! `SOURCE_IP` session persistence, set through the API and the `openstack` CLI; and what
+//! members are told of the client: `PROXY` / `PROXYV2` pools with Debian's nginx as the member.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -192,6 +193,66 @@ async fn algorithms_backups_and_persistence_choose_members_as_octavia_does() {
         let kept = api.get(&format!("/v2.0/lbaas/pools/{pool}")).1["pool"].clone();
         assert_eq!(kept["session_persistence"]["type"], "SOURCE_IP");
         assert_eq!(kept["lb_algorithm"], "ROUND_ROBIN");
+    })
+    .await
+    .unwrap();
+}
+
+/// `PROXY` and `PROXYV2` pools behind TCP listeners: each member connection opens with the
+/// header, which nginx (`listen … proxy_protocol`) reads the client's address and port and the
+/// listener's address from; an HTTP health monitor passes only because its checks send it too.
+/// HTTP listeners refuse such pools with a 400 that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_pools_tell_members_the_clients_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let nginx_dir = work.join("nginx");
+        std::fs::create_dir_all(&nginx_dir).unwrap();
+        let nginx = lb_tests::peers::Nginx::proxy_protocol(&nginx_dir);
+        let lbd = Lbd::start(&work);
+        let api = Api::login(&lbd);
+        let mut lb_id = String::new();
+        for protocol in ["PROXY", "PROXYV2"] {
+            let port = free_port();
+            let (code, lb) = api.post("/v2.0/lbaas/loadbalancers", json!({"loadbalancer": {"name": protocol, "vip_address": "127.0.0.1",
+                "listeners": [{"protocol": "TCP", "protocol_port": port,
+                    "default_pool": {"protocol": protocol, "lb_algorithm": "ROUND_ROBIN",
+                                     "members": [{"address": "127.0.0.1", "protocol_port": nginx.addr.port()}],
+                                     "healthmonitor": {"type": "HTTP", "delay": 1, "timeout": 2, "max_retries": 1, "url_path": "/"}}}]}}));
+            assert_eq!(code, 201, "{lb}");
+            lb_id = lb["loadbalancer"]["id"].as_str().unwrap().to_string();
+            api.wait_active(&lb_id);
+            let pool = lb["loadbalancer"]["pools"][0]["id"].as_str().unwrap().to_string();
+            let client_port = free_port();
+            let out = Command::new("curl").args(["-s", "-m", "10", "--local-port", &client_port.to_string(), &format!("http://127.0.0.1:{port}/")]).output().unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), format!("client 127.0.0.1:{client_port} server 127.0.0.1:{port}\n"), "{protocol}: {}", lbd.log());
+            // The monitor's HTTP checks are answered only with the header.
+            let start = std::time::Instant::now();
+            loop {
+                let status = api.get(&format!("/v2.0/lbaas/pools/{pool}/members")).1["members"][0]["operating_status"].clone();
+                if status == "ONLINE" {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "{protocol}: member {status}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let (_, shown) = api.get(&format!("/v2.0/lbaas/pools/{pool}"));
+            assert_eq!(shown["pool"]["protocol"], protocol);
+        }
+        for listener in ["HTTP", "TERMINATED_HTTPS"] {
+            let (code, answer) = api.post("/v2.0/lbaas/pools", json!({"pool": {"loadbalancer_id": lb_id, "protocol": "PROXY", "lb_algorithm": "ROUND_ROBIN"}}));
+            assert_eq!(code, 201, "{answer}");
+            let pool = answer["pool"]["id"].as_str().unwrap().to_string();
+            api.wait_active(&lb_id);
+            let mut body = json!({"listener": {"loadbalancer_id": lb_id, "protocol": listener, "protocol_port": free_port(), "default_pool_id": pool}});
+            if listener == "TERMINATED_HTTPS" {
+                body["listener"]["default_tls_container_ref"] = json!("http://127.0.0.1/v1/containers/00000000-0000-4000-8000-000000000000");
+            }
+            let (code, answer) = api.post("/v2.0/lbaas/listeners", body);
+            assert_eq!(code, 400, "{listener}: {answer}");
+            assert!(answer["faultstring"].as_str().unwrap().contains("PROXY protocol"), "{listener}: {answer}");
+        }
     })
     .await
     .unwrap();

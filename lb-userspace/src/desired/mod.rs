@@ -40,6 +40,7 @@ pub fn pool_protocol(p: &str) -> Option<PoolProtocol> {
         "TCP" => PoolProtocol::Tcp,
         "UDP" => PoolProtocol::Udp,
         "PROXY" => PoolProtocol::Proxy,
+        "PROXYV2" => PoolProtocol::ProxyV2,
         _ => return None,
     })
 }

@@ -175,16 +175,17 @@ async fn handle(tcp: Box<TcpStream>, peer: SocketAddr, shared: Arc<ArcSwap<Liste
         Box::pin(raw::forward(client, peer, &rt)).await.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
     };
     if let Err(e) = result {
-        if let Some(control) = control_record(e.as_ref()) {
-            rt.metrics.ktls_closed.get_or_create(&ReasonLabels { reason: control.reason() }).inc();
+        if let Some(closed) = ktls_closed(e.as_ref()) {
+            rt.metrics.ktls_closed.get_or_create(&ReasonLabels { reason: closed.reason() }).inc();
         }
         tracing::debug!(listener = %rt.id, %peer, error = %e, "connection ended with an error");
     }
     active.dec();
 }
 
-/// The control record that ended an offloaded connection, wherever it sits in an error chain.
-fn control_record<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a KtlsClosed> {
+/// Why lbd ended an offloaded connection (a control record, the record limit), wherever it
+/// sits in an error chain.
+fn ktls_closed<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a KtlsClosed> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(c) = err.downcast_ref::<KtlsClosed>() {

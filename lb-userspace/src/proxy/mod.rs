@@ -18,6 +18,7 @@ pub mod cookie;
 pub mod http;
 pub mod io;
 pub mod l7;
+pub mod proxy_header;
 pub mod listener;
 pub mod raw;
 pub mod splice;

@@ -9,14 +9,21 @@ use tokio::io::AsyncWriteExt;
 use super::ListenerRuntime;
 use super::choose::Affinity;
 use super::io::Idle;
+use super::proxy_header;
 use super::splice::{self, Ends};
 use crate::tls::stream::PeerStream;
 
-/// Forwards `client` to a member of the listener's pool until both sides are done.
+/// Forwards `client` (from `peer`) to a member of the listener's pool until both sides are
+/// done. `PROXY` / `PROXYV2` pools get the client's address and the one it connected to in a
+/// PROXY protocol header first.
 pub async fn forward(mut client: PeerStream, peer: SocketAddr, rt: &ListenerRuntime) -> io::Result<()> {
     let pool = rt.pool.clone().ok_or_else(|| io::Error::other("listener has no default pool"))?;
     let affinity = Affinity { peer, cookie: None };
-    let (member, mut member_stream, _in_flight) = pool.connect(&affinity, rt.timeouts.member_connect).await.map_err(io::Error::other)?;
+    let header = match pool.protocol.proxy_header() {
+        Some(v) => Some(proxy_header::encode(v, peer, client.tcp().local_addr()?)),
+        None => None,
+    };
+    let (member, mut member_stream, _in_flight) = pool.connect(&affinity, rt.timeouts.member_connect, header.as_deref()).await.map_err(io::Error::other)?;
     tracing::debug!(listener = %rt.id, %peer, member = %member.addr, "forwarding");
     let (rx, tx) = rt.byte_counters();
     let offloaded = matches!(client, PeerStream::Ktls(_)) || matches!(member_stream, PeerStream::Ktls(_));

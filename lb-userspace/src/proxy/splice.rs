@@ -68,7 +68,6 @@ impl Activity {
 }
 
 /// Moves bytes from `from` to `to` until EOF (TCP FIN or close_notify), then half-closes `to`.
-/// Fails once the connection is idle (`activity`, shared with the other direction's pump).
 /// Fails once the connection is idle (`activity`, shared with the other direction's pump), or
 /// when the destination's transmit key reaches its record limit (after close_notify and FIN).
 pub async fn pump(from: &TcpStream, to: &TcpStream, ends: Ends<'_>, activity: &Activity, counter: Counter) -> io::Result<u64> {

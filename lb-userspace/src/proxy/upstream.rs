@@ -12,6 +12,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::choose::{Affinity, Chooser};
@@ -170,7 +171,8 @@ impl PoolRuntime {
     }
 
     /// Opens a connection to the chosen member, moving on to the next on refusal or timeout.
-    pub async fn connect(&self, affinity: &Affinity<'_>, timeout: Duration) -> Result<(Arc<MemberRuntime>, PeerStream, InFlight), UpstreamError> {
+    /// `first`: bytes sent before anything else (a PROXY protocol header), TLS included.
+    pub async fn connect(&self, affinity: &Affinity<'_>, timeout: Duration, first: Option<&[u8]>) -> Result<(Arc<MemberRuntime>, PeerStream, InFlight), UpstreamError> {
         let candidates = self.candidates(affinity);
         if candidates.is_empty() {
             return Err(UpstreamError::NoMembers);
@@ -178,7 +180,7 @@ impl PoolRuntime {
         let mut last = String::new();
         for member in candidates {
             let in_flight = InFlight::start(&member, self.chooser.counts_in_flight());
-            match self.connect_member(&member, timeout).await {
+            match self.connect_member(&member, timeout, first).await {
                 Ok(stream) => {
                     self.chooser.learn_source(affinity.peer, &member.id);
                     return Ok((member, stream, in_flight));
@@ -230,7 +232,7 @@ impl PoolRuntime {
         (connect, member_data): (Duration, Duration),
     ) -> impl Future<Output = std::io::Result<MemberConn>> + 'a {
         Box::pin(async move {
-            let stream = self.connect_member(member, connect).await?;
+            let stream = self.connect_member(member, connect, None).await?;
             let budget = stream.record_budget();
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(Idle::new(stream, member_data)))
                 .await
@@ -242,11 +244,17 @@ impl PoolRuntime {
         })
     }
 
-    /// A connection to `member`: TCP, then the TLS handshake for pools with TLS, each within
-    /// `timeout`. A member whose certificate fails verification is counted with the reason and
-    /// treated like one that refused the connection.
-    async fn connect_member(&self, member: &MemberRuntime, timeout: Duration) -> std::io::Result<PeerStream> {
-        let tcp = self.connect_tcp(member, timeout).await?;
+    /// A connection to `member`: TCP, `first` (if any), then the TLS handshake for pools with
+    /// TLS, each within `timeout`. A member whose certificate fails verification is counted with
+    /// the reason and treated like one that refused the connection.
+    async fn connect_member(&self, member: &MemberRuntime, timeout: Duration, first: Option<&[u8]>) -> std::io::Result<PeerStream> {
+        let mut tcp = self.connect_tcp(member, timeout).await?;
+        if let Some(bytes) = first {
+            match tokio::time::timeout(timeout, tcp.write_all(bytes)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "sending the PROXY header timed out")),
+            }
+        }
         let Some(tls) = &self.tls else { return Ok(PeerStream::Plain(tcp)) };
         let result = match tokio::time::timeout(timeout, client::connect(tcp, tls, member.addr.ip(), &self.policy)).await {
             Ok(r) => r,

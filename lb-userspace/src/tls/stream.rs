@@ -275,16 +275,26 @@ impl PeerStream {
     /// A poll function rather than a future: waiting through the socket's own read-readiness
     /// slot keeps no waiter state in the waiting connection's task.
     pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let tcp = match self {
-            PeerStream::Ktls(k) if !k.prefix.is_empty() => return Poll::Ready(Ok(())),
+        let held = match self {
+            PeerStream::Ktls(k) => !k.prefix.is_empty(),
+            PeerStream::Rustls(s) => !s.get_ref().1.wants_read() || s.get_ref().0.has_buffered(),
+            PeerStream::RustlsClient(s) => !s.get_ref().1.wants_read() || s.get_ref().0.has_buffered(),
+            PeerStream::Plain(_) => false,
+        };
+        if held {
+            return Poll::Ready(Ok(()));
+        }
+        self.tcp().poll_read_ready(cx)
+    }
+
+    /// The TCP socket under this end.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
             PeerStream::Ktls(k) => k.tcp(),
-            PeerStream::Rustls(s) if !s.get_ref().1.wants_read() || s.get_ref().0.has_buffered() => return Poll::Ready(Ok(())),
             PeerStream::Rustls(s) => s.get_ref().0.get_ref(),
-            PeerStream::RustlsClient(s) if !s.get_ref().1.wants_read() || s.get_ref().0.has_buffered() => return Poll::Ready(Ok(())),
             PeerStream::RustlsClient(s) => s.get_ref().0.get_ref(),
             PeerStream::Plain(t) => t,
-        };
-        tcp.poll_read_ready(cx)
+        }
     }
 
     /// Plaintext received during the kTLS hand-over, to be forwarded before anything else.

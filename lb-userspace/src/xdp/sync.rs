@@ -121,9 +121,11 @@ pub fn sync(maps: &mut Maps, w: &mut Written, state: &DesiredState, settings: &S
 /// Whether the program forwards the listener's flows itself. `LEAST_CONNECTIONS` pools are left
 /// to lbd's userspace proxy, which counts each member's connections: a hash cannot (UDP
 /// pools cannot have that algorithm; the API refuses it).
+/// Whether XDP forwards the listener's flows itself; otherwise they go to lbd's userspace proxy:
+/// `LEAST_CONNECTIONS` (counted there) and PROXY protocol pools (a header to send first).
 fn forwards(protocol: ListenerProtocol, pool: Option<&Pool>) -> bool {
     matches!(protocol, ListenerProtocol::Tcp | ListenerProtocol::Udp | ListenerProtocol::Https)
-        && !pool.is_some_and(|p| p.lb_algorithm == LbAlgorithm::LeastConnections && protocol != ListenerProtocol::Udp)
+        && !pool.is_some_and(|p| (p.lb_algorithm == LbAlgorithm::LeastConnections && protocol != ListenerProtocol::Udp) || p.protocol.proxy_header().is_some())
 }
 
 fn sync_listener(maps: &mut Maps, w: &mut Written, vip: Ipv4Addr, l: &Listener, pool: Option<&Pool>, settings: &Settings) -> Result<(), XdpError> {
@@ -289,4 +291,33 @@ pub fn release_backends(maps: &mut Maps, w: &mut Written, referenced: &HashSet<u
         }
         keep
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::model::PoolProtocol;
+
+    #[test]
+    fn pools_that_need_lbds_proxy_are_not_forwarded_in_xdp() {
+        let pool = |protocol, lb_algorithm| Pool {
+            id: "p".into(),
+            protocol,
+            lb_algorithm,
+            admin_state_up: true,
+            members: vec![],
+            tls: None,
+            health_monitor: None,
+            persistence: None,
+        };
+        let forwarded = |l, p: Pool| forwards(l, Some(&p));
+        assert!(forwarded(ListenerProtocol::Tcp, pool(PoolProtocol::Tcp, LbAlgorithm::RoundRobin)));
+        assert!(forwarded(ListenerProtocol::Https, pool(PoolProtocol::Https, LbAlgorithm::SourceIp)));
+        assert!(forwarded(ListenerProtocol::Udp, pool(PoolProtocol::Udp, LbAlgorithm::RoundRobin)));
+        assert!(!forwarded(ListenerProtocol::Tcp, pool(PoolProtocol::Tcp, LbAlgorithm::LeastConnections)));
+        assert!(!forwarded(ListenerProtocol::Tcp, pool(PoolProtocol::Proxy, LbAlgorithm::RoundRobin)));
+        assert!(!forwarded(ListenerProtocol::Https, pool(PoolProtocol::ProxyV2, LbAlgorithm::RoundRobin)));
+        assert!(!forwards(ListenerProtocol::TerminatedHttps, None));
+        assert!(forwards(ListenerProtocol::Tcp, None));
+    }
 }

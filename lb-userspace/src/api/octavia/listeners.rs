@@ -57,8 +57,22 @@ fn listener_of(tx: &mut dyn Txn, p: &Principal, id: &str) -> Result<ListenerRec,
 pub fn compatible(listener: &str, pool: &str) -> bool {
     matches!(
         (listener, pool),
-        ("HTTP", "HTTP") | ("TERMINATED_HTTPS", "HTTP" | "TCP") | ("TCP", "TCP" | "HTTP" | "HTTPS") | ("HTTPS", "HTTPS" | "TCP") | ("UDP", "UDP")
+        ("HTTP", "HTTP")
+            | ("TERMINATED_HTTPS", "HTTP" | "TCP")
+            | ("TCP", "TCP" | "HTTP" | "HTTPS" | "PROXY" | "PROXYV2")
+            | ("HTTPS", "HTTPS" | "TCP" | "PROXY" | "PROXYV2")
+            | ("UDP", "UDP")
     )
+}
+
+/// The 400 for a listener and pool protocol that do not go together.
+pub fn incompatible(listener: &str, pool: &str) -> OErr {
+    if pool.starts_with("PROXY") && matches!(listener, "HTTP" | "TERMINATED_HTTPS") {
+        return OErr::bad_request(format!(
+            "The pool protocol '{pool}' is invalid while the listener protocol is '{listener}': lbd sends the PROXY protocol to members of TCP and HTTPS listeners' pools only, not yet to HTTP ones."
+        ));
+    }
+    OErr::bad_request(format!("The pool protocol '{pool}' is invalid while the listener protocol is '{listener}'."))
 }
 
 /// Sets the updatable fields present in `input` on `l`.
@@ -193,7 +207,7 @@ fn validate(tx: &mut dyn Txn, s: &ApiState, l: &ListenerRec, lb: &LoadBalancerRe
     if let Some(pool_id) = &l.default_pool_id {
         let pool: &PoolRec = w.pools.iter().find(|p| &p.common.id == pool_id && p.loadbalancer_id == lb.common.id).ok_or_else(|| OErr::not_found("Pool", pool_id))?;
         if !compatible(&l.protocol, &pool.protocol) {
-            return Err(OErr::bad_request(format!("The pool protocol '{}' is invalid while the listener protocol is '{}'.", pool.protocol, l.protocol)));
+            return Err(incompatible(&l.protocol, &pool.protocol));
         }
         if let Some(other) = w.pool_listeners(pool_id).iter().find(|o| o.common.id != l.common.id) {
             return Err(OErr::conflict(format!("Pool {pool_id} is already the default pool of listener {}", other.common.id)));

@@ -13,7 +13,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::input::Input;
-use super::listeners::compatible;
+use super::listeners::{compatible, incompatible};
 use super::render::{self, World};
 use super::quotas::Usage;
 use super::{OErr, list_response, lock_lb, new_common, update_common, visible};
@@ -123,8 +123,8 @@ fn cookie_name_byte(b: u8) -> bool {
 /// What lbd's data plane can do with a pool; everything else is refused with the reason. TLS
 /// references are resolved and the member TLS settings built now, so bad input is a 400 here.
 fn validate(tx: &mut dyn Txn, s: &ApiState, pool: &PoolRec) -> Result<(), OErr> {
-    if !matches!(pool.protocol.as_str(), "HTTP" | "HTTPS" | "TCP" | "UDP") {
-        return Err(OErr::bad_request(format!("protocol {}: lbd does not forward to {} pools yet (supported: HTTP, HTTPS, TCP, UDP)", pool.protocol, pool.protocol)));
+    if !matches!(pool.protocol.as_str(), "HTTP" | "HTTPS" | "TCP" | "UDP" | "PROXY" | "PROXYV2") {
+        return Err(OErr::bad_request(format!("protocol {}: lbd does not forward to {} pools yet (supported: HTTP, HTTPS, TCP, UDP, PROXY, PROXYV2)", pool.protocol, pool.protocol)));
     }
     if pool.protocol == "UDP" && pool.lb_algorithm == "LEAST_CONNECTIONS" {
         return Err(OErr::bad_request(
@@ -191,7 +191,7 @@ pub fn create_in(tx: &mut dyn Txn, s: &ApiState, p: &Principal, input: &Input, l
             return Err(OErr::conflict(format!("Listener {} already has default pool {existing}.", l.common.id)));
         }
         if !compatible(&l.protocol, &pool.protocol) {
-            return Err(OErr::bad_request(format!("The pool protocol '{}' is invalid while the listener protocol is '{}'.", pool.protocol, l.protocol)));
+            return Err(incompatible(&l.protocol, &pool.protocol));
         }
         l.default_pool_id = Some(pool.common.id.clone());
         l.common.provisioning_status = PENDING_UPDATE.into();
