@@ -240,6 +240,14 @@ async fn proxy_protocol_pools_tell_members_the_clients_address() {
             let (_, shown) = api.get(&format!("/v2.0/lbaas/pools/{pool}"));
             assert_eq!(shown["pool"]["protocol"], protocol);
         }
+        // The same through the openstack CLI.
+        let port = free_port().to_string();
+        lbd.os(&["loadbalancer", "listener", "create", "--protocol", "TCP", "--protocol-port", &port, "--name", "tcp-cli", "--wait", &lb_id]);
+        lbd.os(&["loadbalancer", "pool", "create", "--protocol", "PROXYV2", "--lb-algorithm", "ROUND_ROBIN", "--listener", "tcp-cli", "--name", "pp-cli", "--wait"]);
+        lbd.os(&["loadbalancer", "member", "create", "--address", "127.0.0.1", "--protocol-port", &nginx.addr.port().to_string(), "--wait", "pp-cli"]);
+        let client_port = free_port();
+        let out = Command::new("curl").args(["-s", "-m", "10", "--local-port", &client_port.to_string(), &format!("http://127.0.0.1:{port}/")]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("client 127.0.0.1:{client_port} server 127.0.0.1:{port}\n"), "CLI: {}", lbd.log());
         for listener in ["HTTP", "TERMINATED_HTTPS"] {
             let (code, answer) = api.post("/v2.0/lbaas/pools", json!({"pool": {"loadbalancer_id": lb_id, "protocol": "PROXY", "lb_algorithm": "ROUND_ROBIN"}}));
             assert_eq!(code, 201, "{answer}");
