@@ -248,18 +248,28 @@ async fn proxy_protocol_pools_tell_members_the_clients_address() {
         let client_port = free_port();
         let out = Command::new("curl").args(["-s", "-m", "10", "--local-port", &client_port.to_string(), &format!("http://127.0.0.1:{port}/")]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("client 127.0.0.1:{client_port} server 127.0.0.1:{port}\n"), "CLI: {}", lbd.log());
-        for listener in ["HTTP", "TERMINATED_HTTPS"] {
-            let (code, answer) = api.post("/v2.0/lbaas/pools", json!({"pool": {"loadbalancer_id": lb_id, "protocol": "PROXY", "lb_algorithm": "ROUND_ROBIN"}}));
-            assert_eq!(code, 201, "{answer}");
-            let pool = answer["pool"]["id"].as_str().unwrap().to_string();
-            api.wait_active(&lb_id);
-            let mut body = json!({"listener": {"loadbalancer_id": lb_id, "protocol": listener, "protocol_port": free_port(), "default_pool_id": pool}});
-            if listener == "TERMINATED_HTTPS" {
-                body["listener"]["default_tls_container_ref"] = json!("http://127.0.0.1/v1/containers/00000000-0000-4000-8000-000000000000");
-            }
-            let (code, answer) = api.post("/v2.0/lbaas/listeners", body);
-            assert_eq!(code, 400, "{listener}: {answer}");
-            assert!(answer["faultstring"].as_str().unwrap().contains("PROXY protocol"), "{listener}: {answer}");
+        // An HTTP listener: the header names the client, so a member connection serves that
+        // client connection alone (kept for its next request, never another client's).
+        let port = free_port();
+        let (code, lb) = api.post("/v2.0/lbaas/loadbalancers", json!({"loadbalancer": {"name": "http-pp", "vip_address": "127.0.0.1",
+            "listeners": [{"protocol": "HTTP", "protocol_port": port,
+                "default_pool": {"protocol": "PROXY", "lb_algorithm": "ROUND_ROBIN",
+                                 "members": [{"address": "127.0.0.1", "protocol_port": nginx.addr.port()}]}}]}}));
+        assert_eq!(code, 201, "{lb}");
+        api.wait_active(lb["loadbalancer"]["id"].as_str().unwrap());
+        let pool = lb["loadbalancer"]["pools"][0]["id"].as_str().unwrap().to_string();
+        let member = api.get(&format!("/v2.0/lbaas/pools/{pool}/members")).1["members"][0]["id"].as_str().unwrap().to_string();
+        let opened = || {
+            let out = Command::new("curl").args(["-s", &format!("{}/metrics", lbd.url())]).output().unwrap();
+            lb_tests::metric(&String::from_utf8_lossy(&out.stdout), &format!("lb_member_connections_total{{pool=\"{pool}\",member=\"{member}\"}}"))
+        };
+        let url = format!("http://127.0.0.1:{port}/");
+        for (round, requests) in [(1.0, 2), (2.0, 1)] {
+            let client_port = free_port();
+            let out = Command::new("curl").args(["-s", "-m", "10", "--local-port", &client_port.to_string()]).args(vec![url.as_str(); requests]).output().unwrap();
+            let want = format!("client 127.0.0.1:{client_port} server 127.0.0.1:{port}\n").repeat(requests);
+            assert_eq!(String::from_utf8_lossy(&out.stdout), want, "HTTP listener, client connection {round}: {}", lbd.log());
+            assert_eq!(opened(), round, "one member connection per client connection");
         }
     })
     .await

@@ -21,7 +21,8 @@ use super::coalesce::Coalesce;
 use super::l7::Action;
 use super::choose::{Affinity, SERVER_COOKIE, Sticky};
 use super::cookie;
-use super::upstream::{Checkout, InFlight, MemberConn, MemberRuntime, UpBody};
+use super::proxy_header;
+use super::upstream::{Checkout, InFlight, MemberConn, MemberRuntime, PrivateConns, UpBody};
 use crate::tls::budget::RecordBudget;
 use crate::tls::peer::{self, ClientCert};
 
@@ -52,6 +53,10 @@ pub struct ConnContext {
     /// An offloaded HTTP/1.1 connection's transmit record budget: once it is nearly spent, a
     /// response closes the connection (`Connection: close`) rather than run into the limit.
     pub record_budget: Option<Arc<RecordBudget>>,
+    /// The address the client connected to (the PROXY header's destination).
+    pub local: SocketAddr,
+    /// Member connections of `PROXY` / `PROXYV2` pools, this client's alone.
+    pub private: PrivateConns,
 }
 
 /// Serves one client connection until it closes.
@@ -64,7 +69,7 @@ where
         let ctx = ctx.clone();
         // Boxed: a request's future is about 2 KiB, and hyper moves it whole several times when
         // it spawns an h2 stream (4 % of h2's instructions per request, `request-insns`).
-        Box::pin(async move { Ok::<_, Infallible>(proxy(req, &ctx).await) })
+        Box::pin(async move { Ok::<_, Infallible>(proxy(req, ctx).await) })
     });
     if h2 {
         // Responses of streams ready together leave in one record and one write.
@@ -81,9 +86,9 @@ where
     }
 }
 
-async fn proxy(req: Request<Incoming>, ctx: &ConnContext) -> Response<RespBody> {
+async fn proxy(req: Request<Incoming>, ctx: Arc<ConnContext>) -> Response<RespBody> {
     let rt = ctx.listener.load_full();
-    let mut response = forward(req, ctx, &rt).await.unwrap_or_else(|(status, why)| {
+    let mut response = forward(req, &ctx, &rt).await.unwrap_or_else(|(status, why)| {
         tracing::debug!(listener = %rt.id, peer = %ctx.peer, %status, why, "request not forwarded");
         error_response(status)
     });
@@ -96,7 +101,7 @@ async fn proxy(req: Request<Incoming>, ctx: &ConnContext) -> Response<RespBody> 
 
 async fn forward(
     req: Request<Incoming>,
-    ctx: &ConnContext,
+    ctx: &Arc<ConnContext>,
     rt: &ListenerRuntime,
 ) -> Result<Response<RespBody>, (StatusCode, String)> {
     let (parts, body) = req.into_parts();
@@ -117,8 +122,10 @@ async fn forward(
         cookie::remove_from_request(&mut head.headers, SERVER_COOKIE);
     }
     let affinity = Affinity { peer: ctx.peer, cookie: cookie.as_deref() };
+    let header = pool.protocol.proxy_header().map(|v| proxy_header::encode(v, ctx.peer, ctx.local));
+    let private = header.as_deref().map(|h| (&ctx.private, h));
     let checkout = pool
-        .checkout(&affinity, (rt.timeouts.member_connect, rt.timeouts.member_data))
+        .checkout(&affinity, (rt.timeouts.member_connect, rt.timeouts.member_data), private)
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let Checkout { member, mut conn, reused, in_flight } = checkout;
@@ -127,7 +134,7 @@ async fn forward(
         // A reused connection the member closed while idle: safe to replay a bodiless request once.
         Err(SendError::Closed(_)) if reused && replayable => {
             conn = pool
-                .open_http(&member, (rt.timeouts.member_connect, rt.timeouts.member_data))
+                .open_http(&member, (rt.timeouts.member_connect, rt.timeouts.member_data), header.as_deref())
                 .await
                 .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("member {}: {e}", member.addr)))?;
             send(&mut conn.sender, head.build(Either::Right(Empty::new()), member.addr)).await
@@ -149,7 +156,8 @@ async fn forward(
         }
         _ => {}
     }
-    let body = PooledBody { inner: body, release: Some((member, conn)), in_flight };
+    let home = header.is_some().then(|| ctx.clone());
+    let body = PooledBody { inner: body, release: Some((member, conn)), home, in_flight };
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
@@ -331,11 +339,13 @@ fn error_response(status: StatusCode) -> Response<RespBody> {
         .expect("static response parts")
 }
 
-/// A member's response body that hands its connection back to the member's idle pool once the
-/// body has been read to the end. The request counts as in flight until then.
+/// A member's response body that hands its connection back to the member's idle pool (or the
+/// client connection's own, `home`) once the body has been read to the end. The request counts
+/// as in flight until then.
 struct PooledBody {
     inner: Incoming,
     release: Option<(Arc<MemberRuntime>, MemberConn)>,
+    home: Option<Arc<ConnContext>>,
     in_flight: InFlight,
 }
 
@@ -343,7 +353,10 @@ impl PooledBody {
     fn release(&mut self) {
         self.in_flight.end();
         if let Some((member, conn)) = self.release.take() {
-            member.release(conn);
+            match &self.home {
+                Some(ctx) => ctx.private.release(member.id.clone(), conn),
+                None => member.release(conn),
+            }
         }
     }
 }

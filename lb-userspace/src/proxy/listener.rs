@@ -148,7 +148,7 @@ async fn handle(tcp: Box<TcpStream>, peer: SocketAddr, shared: Arc<ArcSwap<Liste
     };
 
     let is_tls = rt.tls.is_some();
-    let http_pool = rt.pool.as_ref().map(|p| p.protocol == PoolProtocol::Http).unwrap_or(rt.protocol != ListenerProtocol::Tcp);
+    let http_pool = rt.pool.as_ref().map(|p| matches!(p.protocol, PoolProtocol::Http | PoolProtocol::Proxy | PoolProtocol::ProxyV2)).unwrap_or(rt.protocol != ListenerProtocol::Tcp);
     let result = if http_pool && matches!(rt.protocol, ListenerProtocol::Http | ListenerProtocol::TerminatedHttps) {
         // HTTP/1.1 clients may connect well before their first request (pre-opened, pooled
         // connections): hyper's buffers are only allocated once it arrives. h2 clients send
@@ -165,7 +165,11 @@ async fn handle(tcp: Box<TcpStream>, peer: SocketAddr, shared: Arc<ArcSwap<Liste
             }
         }
         let record_budget = if h2 { None } else { client.record_budget() };
-        let ctx = Arc::new(ConnContext { listener: shared.clone(), peer, tls: is_tls, client_cert, record_budget });
+        let Ok(local) = client.tcp().local_addr() else {
+            active.dec();
+            return;
+        };
+        let ctx = Arc::new(ConnContext { listener: shared.clone(), peer, tls: is_tls, client_cert, record_budget, local, private: Default::default() });
         // Counts client bytes and closes a connection idle (no byte either way) for client_data.
         let (rx, tx) = rt.byte_counters();
         let client = super::io::Idle::new(client, rt.timeouts.client_data).counted(rx, tx);

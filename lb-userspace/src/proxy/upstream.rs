@@ -89,12 +89,51 @@ pub struct MemberConn {
     budget: Option<Arc<RecordBudget>>,
 }
 
+impl MemberConn {
+    /// Whether the connection may serve another request: open, and not an offloaded one nearly
+    /// through its key's record limit (that one is closed instead, cleanly, with close_notify,
+    /// when its driver ends, before a request could run into the limit).
+    fn reusable(&self) -> bool {
+        !self.sender.is_closed() && !self.budget.as_ref().is_some_and(|b| b.nearly_spent())
+    }
+}
+
+/// Idle member connections kept for one client connection alone: those of `PROXY` / `PROXYV2`
+/// pools, whose PROXY header names that client (HAProxy keeps such connections private too).
+/// Dropped, and so closed, with the client connection.
+#[derive(Default)]
+pub struct PrivateConns(Mutex<Vec<(Arc<str>, MemberConn)>>);
+
+impl PrivateConns {
+    /// At most this many idle connections per client connection (h2 streams may hold more
+    /// at once; the rest are closed when their response ends).
+    const MAX: usize = 16;
+
+    fn take(&self, member: &str) -> Option<MemberConn> {
+        let mut idle = self.0.lock().expect("private connections lock");
+        while let Some(at) = idle.iter().position(|(id, _)| &**id == member) {
+            let (_, c) = idle.swap_remove(at);
+            if c.sender.is_ready() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose response has been fully read for this client's next request.
+    pub fn release(&self, member: Arc<str>, conn: MemberConn) {
+        let mut idle = self.0.lock().expect("private connections lock");
+        if conn.reusable() && idle.len() < Self::MAX {
+            idle.push((member, conn));
+        }
+    }
+}
+
 impl MemberRuntime {
-    /// Returns a connection whose response has been fully read, for the next request. An
-    /// offloaded connection nearly through its key's record limit is closed instead (cleanly,
-    /// with close_notify, when its driver ends), before a request could run into the limit.
+    /// Returns a connection whose response has been fully read, for the next request (see
+    /// [`MemberConn::reusable`]).
     pub fn release(&self, conn: MemberConn) {
-        if conn.sender.is_closed() || conn.budget.as_ref().is_some_and(|b| b.nearly_spent()) {
+        if !conn.reusable() {
             return;
         }
         let mut idle = self.idle_here().lock().expect("idle pool lock");
@@ -193,8 +232,9 @@ impl PoolRuntime {
 
     /// An HTTP/1.1 connection for one request: an idle one of the scheduled member, else a new one,
     /// moving on to the next member when a connection cannot be made. `timeouts` are
-    /// (member_connect, member_data).
-    pub async fn checkout(&self, affinity: &Affinity<'_>, timeouts: (Duration, Duration)) -> Result<Checkout, UpstreamError> {
+    /// (member_connect, member_data). `private`: a client connection's own connections and the
+    /// PROXY header a new one starts with (`PROXY` / `PROXYV2` pools), instead of the shared ones.
+    pub async fn checkout(&self, affinity: &Affinity<'_>, timeouts: (Duration, Duration), private: Option<(&PrivateConns, &[u8])>) -> Result<Checkout, UpstreamError> {
         let candidates = self.candidates(affinity);
         if candidates.is_empty() {
             return Err(UpstreamError::NoMembers);
@@ -202,9 +242,13 @@ impl PoolRuntime {
         let mut last = String::new();
         for member in candidates {
             let in_flight = InFlight::start(&member, self.chooser.counts_in_flight());
-            let (conn, reused) = match member.take_idle() {
+            let idle = match private {
+                Some((conns, _)) => conns.take(&member.id),
+                None => member.take_idle(),
+            };
+            let (conn, reused) = match idle {
                 Some(conn) => (conn, true),
-                None => match self.open_http(&member, timeouts).await {
+                None => match self.open_http(&member, timeouts, private.map(|(_, header)| header)).await {
                     Ok(conn) => (conn, false),
                     Err(e) => {
                         last = format!("{}: {e}", member.addr);
@@ -218,8 +262,8 @@ impl PoolRuntime {
         Err(UpstreamError::AllFailed(last))
     }
 
-    /// A fresh HTTP/1.1 connection to `member` (used to retry on a reused connection that closed).
-    /// The connection fails with `TimedOut` once no byte has moved either way for `member_data`:
+    /// A fresh HTTP/1.1 connection to `member` (used to retry on a reused connection that closed),
+    /// opened with `first` (a PROXY header) if given. The connection fails with `TimedOut` once no byte has moved either way for `member_data`:
     /// a member that stops answering, mid-response or before it, or a pooled connection left
     /// idle that long.
     ///
@@ -230,9 +274,10 @@ impl PoolRuntime {
         &'a self,
         member: &'a MemberRuntime,
         (connect, member_data): (Duration, Duration),
+        first: Option<&'a [u8]>,
     ) -> impl Future<Output = std::io::Result<MemberConn>> + 'a {
         Box::pin(async move {
-            let stream = self.connect_member(member, connect, None).await?;
+            let stream = self.connect_member(member, connect, first).await?;
             let budget = stream.record_budget();
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(Idle::new(stream, member_data)))
                 .await

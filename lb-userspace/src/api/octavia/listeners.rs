@@ -57,21 +57,16 @@ fn listener_of(tx: &mut dyn Txn, p: &Principal, id: &str) -> Result<ListenerRec,
 pub fn compatible(listener: &str, pool: &str) -> bool {
     matches!(
         (listener, pool),
-        ("HTTP", "HTTP")
-            | ("TERMINATED_HTTPS", "HTTP" | "TCP")
+        ("HTTP", "HTTP" | "PROXY" | "PROXYV2")
+            | ("TERMINATED_HTTPS", "HTTP" | "TCP" | "PROXY" | "PROXYV2")
             | ("TCP", "TCP" | "HTTP" | "HTTPS" | "PROXY" | "PROXYV2")
             | ("HTTPS", "HTTPS" | "TCP" | "PROXY" | "PROXYV2")
             | ("UDP", "UDP")
     )
 }
 
-/// The 400 for a listener and pool protocol that do not go together.
+/// The 400 for a listener and pool protocol that do not go together, in Octavia's words.
 pub fn incompatible(listener: &str, pool: &str) -> OErr {
-    if pool.starts_with("PROXY") && matches!(listener, "HTTP" | "TERMINATED_HTTPS") {
-        return OErr::bad_request(format!(
-            "The pool protocol '{pool}' is invalid while the listener protocol is '{listener}': lbd sends the PROXY protocol to members of TCP and HTTPS listeners' pools only, not yet to HTTP ones."
-        ));
-    }
     OErr::bad_request(format!("The pool protocol '{pool}' is invalid while the listener protocol is '{listener}'."))
 }
 
