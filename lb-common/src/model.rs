@@ -221,6 +221,9 @@ pub struct Listener {
     pub syn_rate: Option<SynRate>,
     /// L7 policies with their rules, in evaluation order (`position`); enabled ones only.
     pub l7policies: Vec<L7Policy>,
+    /// The `Strict-Transport-Security` value every response carries (TERMINATED_HTTPS
+    /// listeners with `hsts_max_age`).
+    pub hsts: Option<String>,
 }
 
 /// An L7 policy: when every one of its rules matches a request, its action applies instead of

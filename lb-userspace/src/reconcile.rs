@@ -212,6 +212,7 @@ impl Reconciler {
             l7,
             timeouts: l.timeouts,
             insert_headers: l.insert_headers,
+            hsts: l.hsts.as_deref().map(http::HeaderValue::from_str).transpose().map_err(|e| format!("hsts: {e}"))?,
             connection_limit: limit.as_ref().map(|(_, s)| s.clone()),
             allowed_cidrs: l.allowed_cidrs.clone(),
             metrics: self.metrics.clone(),

@@ -49,6 +49,7 @@ pub fn state(port: u16, backends: &[SocketAddr], tls: ListenerTls, pool_protocol
                 allowed_cidrs: vec![],
                 syn_rate: None,
                 l7policies: vec![],
+                hsts: None,
             }],
             pools: vec![Pool {
                 id: "p1".into(),

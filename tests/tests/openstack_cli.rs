@@ -142,6 +142,27 @@ openstack loadbalancer l7rule list policy1 -f value -c type -c compare_type -c v
         assert_eq!(String::from_utf8_lossy(&out.stdout), "302 https://example.com/");
         assert!(curl_body(port, "www.example").contains("backend=one"), "other paths still reach the pool");
 
+        // HSTS set with the CLI: every response carries Strict-Transport-Security, redirects too;
+        // HSTS options without a max age, and HSTS on a plain HTTP listener, are refused.
+        lbd.os(&["loadbalancer", "listener", "set", "--hsts-max-age", "31536000", "--hsts-include-subdomains", "--hsts-preload", "--wait", "listener1"]);
+        let hsts = |path: &str| {
+            let out = Command::new("curl")
+                .args(["-sk", "-o", "/dev/null", "-w", "%{header_json}", "--resolve", &format!("www.example:{port}:127.0.0.1"), &format!("https://www.example:{port}{path}")])
+                .output()
+                .unwrap();
+            let headers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            headers["strict-transport-security"][0].as_str().unwrap_or_default().to_string()
+        };
+        assert!((0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            hsts("/") == "max-age=31536000; includeSubDomains; preload"
+        }), "{}", hsts("/"));
+        assert_eq!(hsts("/old/page"), "max-age=31536000; includeSubDomains; preload");
+        let shown = lbd.os(&["loadbalancer", "listener", "show", "listener1", "-f", "value", "-c", "hsts_max_age", "-c", "hsts_include_subdomains", "-c", "hsts_preload"]);
+        assert_eq!(shown.split_whitespace().collect::<Vec<_>>(), ["31536000", "True", "True"], "{shown}");
+        let err = lbd.os_fails(&["loadbalancer", "listener", "create", "--protocol", "HTTP", "--protocol-port", &free_port().to_string(), "--hsts-max-age", "10", "lb1"]);
+        assert!(err.contains("TERMINATED_HTTPS"), "{err}");
+
         // Deleting what is in use is refused; cascade delete removes everything and stops serving.
         let err = lbd.os_fails(&["secret", "delete", &lbd.script(&work, "openstack secret list | awk '/ tls_secret3 / {print $2}'")]);
         assert!(err.contains("in use") || err.contains("consumer"), "{err}");

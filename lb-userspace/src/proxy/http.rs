@@ -93,6 +93,9 @@ async fn proxy(req: Request<Incoming>, ctx: Arc<ConnContext>) -> Response<RespBo
         error_response(status)
     });
     rt.responses.record(response.status());
+    if let Some(hsts) = &rt.hsts {
+        response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     if ctx.record_budget.as_ref().is_some_and(|b| b.nearly_spent()) {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

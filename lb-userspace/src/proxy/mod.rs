@@ -48,6 +48,8 @@ pub struct ListenerRuntime {
     pub l7: l7::L7Runtime,
     pub timeouts: Timeouts,
     pub insert_headers: InsertHeaders,
+    /// `Strict-Transport-Security` for every response (`hsts_max_age`).
+    pub hsts: Option<::http::HeaderValue>,
     /// `None`: unlimited.
     pub connection_limit: Option<Arc<Semaphore>>,
     /// Sources allowed to connect; empty allows all. XDP drops the others before they reach

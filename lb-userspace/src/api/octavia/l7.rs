@@ -1,5 +1,5 @@
-//! `/l7policies` and `/l7policies/{id}/rules`: stored, validated and served like Octavia's, but
-//! not enforced by lbd's data plane yet; their `operating_status` stays OFFLINE to say so.
+//! `/l7policies` and `/l7policies/{id}/rules`: stored, validated and served like Octavia's; the
+//! data plane enforces them per request (`proxy/l7.rs`).
 
 use std::sync::Arc;
 

@@ -130,8 +130,14 @@ fn apply(l: &mut ListenerRec, input: &Input) -> Result<(), OErr> {
     if let Some(v) = input.nullable_str("client_crl_container_ref")? {
         l.client_crl_container_ref = v;
     }
-    if let Some(v) = input.int("hsts_max_age", 0, i32::MAX as i64)? {
-        l.hsts_max_age = Some(v as u64);
+    if input.has("hsts_max_age") {
+        l.hsts_max_age = input.int("hsts_max_age", 0, i32::MAX as i64)?.map(|v| v as u64);
+    }
+    if let Some(v) = input.bool("hsts_include_subdomains")? {
+        l.hsts_include_subdomains = v;
+    }
+    if let Some(v) = input.bool("hsts_preload")? {
+        l.hsts_preload = v;
     }
     Ok(())
 }
@@ -191,6 +197,13 @@ fn validate(tx: &mut dyn Txn, s: &ApiState, l: &ListenerRec, lb: &LoadBalancerRe
     }
     if l.client_crl_container_ref.is_some() && l.client_ca_tls_container_ref.is_none() {
         return Err(OErr::bad_request("client_crl_container_ref: a CRL needs client_ca_tls_container_ref."));
+    }
+    let hsts_options = l.hsts_include_subdomains || l.hsts_preload;
+    if !terminated && (l.hsts_max_age.is_some() || hsts_options) {
+        return Err(OErr::bad_request("The HSTS feature can only be used for listeners using the TERMINATED_HTTPS protocol."));
+    }
+    if hsts_options && l.hsts_max_age.is_none() {
+        return Err(OErr::bad_request("HSTS configuration options hsts_include_subdomains and hsts_preload only make sense if hsts_max_age is set as well."));
     }
     let w = World::load(tx)?;
     for other in w.listeners.iter().filter(|o| o.common.id != l.common.id && o.protocol_port == l.protocol_port) {
