@@ -219,7 +219,8 @@ fn listener(tx: &mut dyn Txn, kek: &Kek, l: &ListenerRec, policies: &[L7PolicyRe
         allowed_cidrs: l.allowed_cidrs.iter().map(|c| c.parse().map_err(|e: lb_common::cidr::CidrError| format!("allowed_cidrs: {e}"))).collect::<Result<_, _>>()?,
         syn_rate: syn_rate(&l.common.tags)?,
         l7policies: l7policies(l, policies, rules)?,
-        hsts: l.hsts_max_age.map(|age| {
+        // TERMINATED_HTTPS only (the API refuses it elsewhere; older stores may hold it).
+        hsts: l.hsts_max_age.filter(|_| protocol == ListenerProtocol::TerminatedHttps).map(|age| {
             let mut value = format!("max-age={age}");
             if l.hsts_include_subdomains {
                 value.push_str("; includeSubDomains");
