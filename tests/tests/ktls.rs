@@ -768,6 +768,30 @@ async fn offloaded_connections_end_cleanly_before_their_record_limit() {
     println!("HTTP/1.1 keep-alive: {answered} whole responses, the last with Connection: close");
     assert_eq!(closed(&daemon), 1.0, "the connection did not reach the limit");
 
+    // h2: once the budget is nearly spent the connection is sent GOAWAY; every request the
+    // client got an answer to is whole, and the connection ends without reaching the limit.
+    let h2_cfg = client::config(&[&rustls::version::TLS13], Some(vec![cs::TLS13_AES_128_GCM_SHA256]), &[b"h2"]);
+    let tls = client::connect(port, "a.example", h2_cfg).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut answered = 0;
+    while answered < 200 {
+        if sender.ready().await.is_err() {
+            break;
+        }
+        let req = hyper::Request::get("https://a.example/hello").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        let Ok(resp) = sender.send_request(req).await else { break };
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.expect("a whole body").to_bytes();
+        assert_eq!(&body[..], b"hello");
+        answered += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(30), driver).await.expect("the connection ends after GOAWAY").unwrap();
+    println!("h2: {answered} whole responses before GOAWAY; connection end: {ended:?}");
+    assert!((10..200).contains(&answered), "{answered}");
+    assert_eq!(closed(&daemon), 1.0, "the h2 connection did not reach the limit");
+
     // Member leg: a TLS member whose pooled kTLS connection would reach the limit after about
     // 56 requests is replaced before that; every request succeeds.
     let ca = Ca::new(dir.path(), "member ca");

@@ -50,8 +50,9 @@ pub struct ConnContext {
     pub tls: bool,
     /// The verified certificate the client presented, if any.
     pub client_cert: Option<Arc<ClientCert>>,
-    /// An offloaded HTTP/1.1 connection's transmit record budget: once it is nearly spent, a
-    /// response closes the connection (`Connection: close`) rather than run into the limit.
+    /// An offloaded connection's transmit record budget: once it is nearly spent, an HTTP/1.1
+    /// response closes the connection (`Connection: close`) and an h2 connection is sent
+    /// GOAWAY, rather than run into the limit.
     pub record_budget: Option<Arc<RecordBudget>>,
     /// The address the client connected to (the PROXY header's destination).
     pub local: SocketAddr,
@@ -65,6 +66,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = ctx.listener.load().timeouts.client_data;
+    let budget = ctx.record_budget.clone();
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
         // Boxed: a request's future is about 2 KiB, and hyper moves it whole several times when
@@ -73,10 +75,17 @@ where
     });
     if h2 {
         // Responses of streams ready together leave in one record and one write.
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(Coalesce::new(io)), svc)
-            .await
+            .serve_connection(TokioIo::new(Coalesce::new(io)), svc);
+        let Some(budget) = budget else { return conn.await };
+        tokio::pin!(conn);
+        tokio::select! {
+            done = conn.as_mut() => return done,
+            () = budget.wait_nearly_spent() => conn.as_mut().graceful_shutdown(),
+        }
+        // GOAWAY sent: streams already open finish, then the connection closes.
+        conn.await
     } else {
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -88,6 +97,7 @@ where
 
 async fn proxy(req: Request<Incoming>, ctx: Arc<ConnContext>) -> Response<RespBody> {
     let rt = ctx.listener.load_full();
+    let h1 = req.version() < Version::HTTP_2;
     let mut response = forward(req, &ctx, &rt).await.unwrap_or_else(|(status, why)| {
         tracing::debug!(listener = %rt.id, peer = %ctx.peer, %status, why, "request not forwarded");
         error_response(status)
@@ -96,7 +106,7 @@ async fn proxy(req: Request<Incoming>, ctx: Arc<ConnContext>) -> Response<RespBo
     if let Some(hsts) = &rt.hsts {
         response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    if ctx.record_budget.as_ref().is_some_and(|b| b.nearly_spent()) {
+    if h1 && ctx.record_budget.as_ref().is_some_and(|b| b.nearly_spent()) {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response

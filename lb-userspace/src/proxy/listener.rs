@@ -164,7 +164,7 @@ async fn handle(tcp: Box<TcpStream>, peer: SocketAddr, shared: Arc<ArcSwap<Liste
                 return;
             }
         }
-        let record_budget = if h2 { None } else { client.record_budget() };
+        let record_budget = client.record_budget();
         let Ok(local) = client.tcp().local_addr() else {
             active.dec();
             return;

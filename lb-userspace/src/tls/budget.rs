@@ -27,6 +27,8 @@ pub struct RecordBudget {
     left: AtomicU64,
     /// What `left` started at.
     initial: u64,
+    /// Fired once when the budget becomes [`Self::nearly_spent`].
+    nearly_spent: tokio::sync::Notify,
 }
 
 impl RecordBudget {
@@ -34,13 +36,20 @@ impl RecordBudget {
     /// `--ktls-record-limit`).
     pub fn new(limit: u64) -> Self {
         let initial = limit.saturating_sub(RESERVE);
-        RecordBudget { left: AtomicU64::new(initial), initial }
+        RecordBudget { left: AtomicU64::new(initial), initial, nearly_spent: tokio::sync::Notify::new() }
     }
 
-    /// Less than an eighth left: a pooled connection is retired rather than reused, so that
-    /// requests do not run into the limit.
+    /// Less than an eighth left: a connection is wound down (a pooled one retired, an HTTP/1.1
+    /// one closed after its response, an h2 one sent GOAWAY) rather than run into the limit.
     pub fn nearly_spent(&self) -> bool {
         self.left.load(Ordering::Relaxed) < self.initial / 8
+    }
+
+    /// Completes once the budget is [`Self::nearly_spent`] (at once if it already is).
+    pub async fn wait_nearly_spent(&self) {
+        if !self.nearly_spent() {
+            self.nearly_spent.notified().await;
+        }
     }
 
     /// The most records a send of `len` bytes can make.
@@ -66,7 +75,13 @@ impl RecordBudget {
     /// After a send that moved `sent` bytes (no more than [`Self::allowed`] said).
     pub fn spend(&self, sent: usize) {
         let left = self.left.load(Ordering::Relaxed);
-        self.left.store(left.saturating_sub(Self::cost(sent)), Ordering::Relaxed);
+        let now = left.saturating_sub(Self::cost(sent));
+        self.left.store(now, Ordering::Relaxed);
+        let threshold = self.initial / 8;
+        if left >= threshold && now < threshold {
+            // A permit is stored if nobody waits yet.
+            self.nearly_spent.notify_one();
+        }
     }
 }
 
@@ -94,5 +109,25 @@ mod tests {
         assert_eq!(b.allowed(0).unwrap(), 0);
         assert!(b.nearly_spent());
         assert!(!RecordBudget::new(1 << 24).nearly_spent());
+    }
+
+    #[tokio::test]
+    async fn crossing_into_nearly_spent_wakes_the_waiter() {
+        let b = std::sync::Arc::new(RecordBudget::new(RESERVE + 80));
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.wait_nearly_spent().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        // 80 records, an eighth is 10: the 71st short send leaves 9.
+        for _ in 0..70 {
+            b.spend(1);
+        }
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished() && !b.nearly_spent());
+        b.spend(1);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.expect("woken").unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), b.wait_nearly_spent()).await.expect("already spent: at once");
     }
 }
