@@ -14,6 +14,18 @@ pub struct Api {
 }
 
 impl Api {
+    /// A self-signed certificate for `cn` (30 days) and its key in a PKCS12 file without a
+    /// passphrase, stored as the Barbican secret `name`; its `secret_ref`.
+    pub fn pkcs12_secret(&self, dir: &std::path::Path, cn: &str, name: &str) -> String {
+        use base64::Engine;
+        let (cert, key) = crate::self_signed(dir, cn, "30");
+        let p12 = crate::pkcs12(dir, &cert, &key, "", false);
+        let (code, secret) = self.post("/v1/secrets/", json!({"name": name, "payload": base64::engine::general_purpose::STANDARD.encode(p12),
+            "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}));
+        assert_eq!(code, 201, "{secret}");
+        secret["secret_ref"].as_str().unwrap().to_string()
+    }
+
     pub fn login(lbd: &Lbd) -> Api {
         let password = lbd.env.iter().find(|(k, _)| k == "OS_PASSWORD").unwrap().1.clone();
         let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "admin", "domain": {"name": "Default"}, "password": password}}},

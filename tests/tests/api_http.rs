@@ -6,7 +6,7 @@ use std::process::Command;
 
 use lb_tests::api::Api;
 use lb_tests::lbd::Lbd;
-use lb_tests::{echo_backend, free_port, pkcs12, self_signed};
+use lb_tests::{echo_backend, free_port};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,17 +17,12 @@ async fn fully_populated_create_serves_and_reports_a_status_tree() {
     tokio::task::spawn_blocking(move || {
         let lbd = Lbd::start(&work);
         let api = Api::login(&lbd);
-        let (c, k) = self_signed(&work, "full.example", "30");
-        let p12 = pkcs12(&work, &c, &k, "", false);
-        use base64::Engine;
-        let (code, secret) = api.post("/v1/secrets/", json!({"name": "full", "payload": base64::engine::general_purpose::STANDARD.encode(p12),
-            "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}));
-        assert_eq!(code, 201, "{secret}");
+        let secret_ref = api.pkcs12_secret(&work, "full.example", "full");
         let port = free_port();
         let (code, lb) = api.post("/v2.0/lbaas/loadbalancers", json!({"loadbalancer": {
             "name": "full", "vip_address": "127.0.0.1",
             "listeners": [{"name": "l", "protocol": "TERMINATED_HTTPS", "protocol_port": port,
-                           "default_tls_container_ref": secret["secret_ref"],
+                           "default_tls_container_ref": secret_ref,
                            "default_pool": {"name": "p", "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
                                             "members": [{"address": "127.0.0.1", "protocol_port": backend.port(), "weight": 3}],
                                             "healthmonitor": {"type": "HTTP", "delay": 5, "timeout": 3, "max_retries": 3}}}]
@@ -72,15 +67,10 @@ async fn failover_rebuilds_the_load_balancers_tls_state() {
     tokio::task::spawn_blocking(move || {
         let lbd = Lbd::start(&work);
         let api = Api::login(&lbd);
-        let (c, k) = self_signed(&work, "fo.example", "30");
-        let p12 = pkcs12(&work, &c, &k, "", false);
-        use base64::Engine;
-        let (code, secret) = api.post("/v1/secrets/", json!({"name": "fo", "payload": base64::engine::general_purpose::STANDARD.encode(p12),
-            "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}));
-        assert_eq!(code, 201, "{secret}");
+        let secret_ref = api.pkcs12_secret(&work, "fo.example", "fo");
         let port = free_port();
         let (code, lb) = api.post("/v2.0/lbaas/loadbalancers", json!({"loadbalancer": {"name": "fo", "vip_address": "127.0.0.1",
-            "listeners": [{"protocol": "TERMINATED_HTTPS", "protocol_port": port, "default_tls_container_ref": secret["secret_ref"],
+            "listeners": [{"protocol": "TERMINATED_HTTPS", "protocol_port": port, "default_tls_container_ref": secret_ref,
                            "default_pool": {"protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN", "members": [{"address": "127.0.0.1", "protocol_port": backend.port()}]}}]}}));
         assert_eq!(code, 201, "{lb}");
         let id = lb["loadbalancer"]["id"].as_str().unwrap().to_string();
@@ -205,15 +195,11 @@ async fn connections_are_spread_over_the_worker_threads() {
     let (lbd, port) = tokio::task::spawn_blocking(move || {
         let lbd = Lbd::start_with(&work, "127.0.0.1".parse().unwrap(), &["--worker-threads", "2"]);
         let api = Api::login(&lbd);
-        let (c, k) = self_signed(&work, "spread.example", "30");
-        use base64::Engine;
-        let (code, secret) = api.post("/v1/secrets/", json!({"name": "spread", "payload": base64::engine::general_purpose::STANDARD.encode(pkcs12(&work, &c, &k, "", false)),
-            "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}));
-        assert_eq!(code, 201, "{secret}");
+        let secret_ref = api.pkcs12_secret(&work, "spread.example", "spread");
         let port = free_port();
         let (code, lb) = api.post("/v2.0/lbaas/loadbalancers", json!({"loadbalancer": {
             "name": "spread", "vip_address": "127.0.0.1",
-            "listeners": [{"name": "l", "protocol": "TERMINATED_HTTPS", "protocol_port": port, "default_tls_container_ref": secret["secret_ref"],
+            "listeners": [{"name": "l", "protocol": "TERMINATED_HTTPS", "protocol_port": port, "default_tls_container_ref": secret_ref,
                            "default_pool": {"name": "p", "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
                                             "members": [{"address": "127.0.0.1", "protocol_port": backend.port()}]}}]
         }}));

@@ -273,15 +273,10 @@ async fn proxy_protocol_pools_tell_members_the_clients_address() {
         }
 
         // TERMINATED_HTTPS with a PROXYV2 pool: the header names the TLS client.
-        let (cert, key) = lb_tests::self_signed(&work, "pp.example", "30");
-        let p12 = lb_tests::pkcs12(&work, &cert, &key, "", false);
-        use base64::Engine;
-        let (code, secret) = api.post("/v1/secrets/", json!({"name": "pp", "payload": base64::engine::general_purpose::STANDARD.encode(p12),
-            "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"}));
-        assert_eq!(code, 201, "{secret}");
+        let secret_ref = api.pkcs12_secret(&work, "pp.example", "pp");
         let port = free_port();
         let (code, lb) = api.post("/v2.0/lbaas/loadbalancers", json!({"loadbalancer": {"name": "https-pp", "vip_address": "127.0.0.1",
-            "listeners": [{"protocol": "TERMINATED_HTTPS", "protocol_port": port, "default_tls_container_ref": secret["secret_ref"],
+            "listeners": [{"protocol": "TERMINATED_HTTPS", "protocol_port": port, "default_tls_container_ref": secret_ref,
                 "default_pool": {"protocol": "PROXYV2", "lb_algorithm": "ROUND_ROBIN",
                                  "members": [{"address": "127.0.0.1", "protocol_port": nginx.addr.port()}]}}]}}));
         assert_eq!(code, 201, "{lb}");
