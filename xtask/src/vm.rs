@@ -61,19 +61,45 @@ sync
 poweroff -f
 "#;
 
-/// A Debian kernel unpacked in the cache: the uncompressed vmlinux and its module tree.
+/// Which Debian kernel a guest boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GuestKernel {
+    /// The kernel `linux-image-amd64` depends on in this host's apt sources (bookworm: 6.1),
+    /// which every guest suite runs on.
+    Stable,
+    /// The kernel of Debian 13 (trixie, 6.12), fetched from the Debian mirror without touching
+    /// the host's apt sources: kTLS and splice as kernels since 6.5 implement them
+    /// (`MSG_SPLICE_PAGES` instead of `sendpage`), which operators on current Debian run.
+    Trixie,
+}
+
+/// A Debian kernel unpacked in the cache: the image QEMU boots (the uncompressed vmlinux where
+/// it could be extracted) and its module tree.
 struct Kernel {
     version: String,
     root: PathBuf,
 }
 
 impl Kernel {
-    fn vmlinux(&self) -> PathBuf {
-        self.root.join("vmlinux")
+    /// What `-kernel` gets: the uncompressed vmlinux (booting it saves ~3 s per guest under
+    /// TCG), or the compressed image where the kernel is not XZ-compressed.
+    fn image(&self) -> PathBuf {
+        let vmlinux = self.root.join("vmlinux");
+        if vmlinux.exists() { vmlinux } else { self.root.join("vmlinuz") }
+    }
+
+    /// The `lib/modules` tree: `x/lib/modules` in older packages, `x/usr/lib/modules` in newer.
+    fn modules_base(&self) -> PathBuf {
+        let usr = self.root.join("x/usr");
+        if usr.join("lib/modules").exists() { usr } else { self.root.join("x") }
     }
 
     fn modules(&self) -> PathBuf {
-        self.root.join("x/lib/modules").join(&self.version)
+        self.modules_base().join("lib/modules").join(&self.version)
+    }
+
+    fn ready(&self) -> bool {
+        self.image().exists() && self.modules().join("modules.dep").exists()
     }
 }
 
@@ -84,9 +110,15 @@ fn cache_dir() -> PathBuf {
     }
 }
 
-/// Fetches (once) the kernel package `linux-image-amd64` currently depends on, unpacks it and
-/// extracts the uncompressed vmlinux (booting it saves ~3 s per guest under TCG).
-fn kernel() -> anyhow::Result<Kernel> {
+fn kernel(which: GuestKernel) -> anyhow::Result<Kernel> {
+    match which {
+        GuestKernel::Stable => stable_kernel(),
+        GuestKernel::Trixie => mirror_kernel("trixie"),
+    }
+}
+
+/// Fetches (once) the kernel package `linux-image-amd64` currently depends on and unpacks it.
+fn stable_kernel() -> anyhow::Result<Kernel> {
     let deps = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
     let package = deps
         .lines()
@@ -95,53 +127,191 @@ fn kernel() -> anyhow::Result<Kernel> {
         .context("apt-cache depends linux-image-amd64 names no kernel package")?
         .to_string();
     let version = package.trim_start_matches("linux-image-").to_string();
-    let root = cache_dir().join(&package);
-    let kernel = Kernel { version, root };
-    if kernel.vmlinux().exists() && kernel.modules().join("modules.dep").exists() {
+    let kernel = Kernel { version, root: cache_dir().join(&package) };
+    if kernel.ready() {
         return Ok(kernel);
     }
     eprintln!("xtask vm-test: fetching {package} into {}", kernel.root.display());
-    // Kernels fetched before this one (Debian moved on) are not needed again.
-    for old in std::fs::read_dir(cache_dir()).into_iter().flatten().filter_map(|e| e.ok()) {
-        if old.file_name().to_string_lossy().starts_with("linux-image-") {
-            let _ = std::fs::remove_dir_all(old.path());
-        }
-    }
+    forget_other_kernels(&cache_dir(), &kernel.root);
     std::fs::create_dir_all(&kernel.root)?;
     run(Command::new("apt-get").args(["download", &package]).current_dir(&kernel.root))?;
-    let deb = std::fs::read_dir(&kernel.root)?
+    let debs: Vec<PathBuf> = std::fs::read_dir(&kernel.root)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download produced no .deb")?;
-    unpack(&deb, &kernel.root.join("x"))?;
-    std::fs::remove_file(&deb)?;
-    run(Command::new("busybox").arg("depmod").arg("-b").arg(kernel.root.join("x")).arg(&kernel.version))?;
-    let boot = kernel.root.join("x/boot");
-    extract_vmlinux(&boot.join(format!("vmlinuz-{}", kernel.version)), &kernel.vmlinux())?;
-    std::fs::remove_dir_all(boot)?;
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    prepare(&kernel, &debs)?;
     Ok(kernel)
 }
 
-/// Parts of the kernel package unpacked: the compressed kernel, the module lists, and only the
-/// module directories `MODULES` and their dependencies come from (~50 MB of the ~450 MB tree; CI
-/// machines may be short of disk).
-const UNPACKED: &[&str] = &[
-    "./boot/vmlinuz-*", "./lib/modules/*/modules.*", "./lib/modules/*/kernel/arch/*",
-    "./lib/modules/*/kernel/crypto/*", "./lib/modules/*/kernel/lib/*", "./lib/modules/*/kernel/fs/*",
-    "./lib/modules/*/kernel/net/*", "./lib/modules/*/kernel/drivers/virtio/*",
-    "./lib/modules/*/kernel/drivers/char/*", "./lib/modules/*/kernel/drivers/net/veth.ko",
+/// The Debian mirror kernels of other releases come from (`LB_VM_DEBIAN_MIRROR` overrides it).
+fn debian_mirror() -> String {
+    std::env::var("LB_VM_DEBIAN_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into())
+}
+
+/// Fetches (once) the newest `linux-image-*-amd64` of Debian's `suite` and the packages of the
+/// same kernel version it depends on (newer kernels split the image, the modules and the module
+/// lists into separate packages), each checked against the SHA256 the suite's index gives.
+fn mirror_kernel(suite: &str) -> anyhow::Result<Kernel> {
+    let mirror = debian_mirror();
+    let dir = cache_dir().join(suite);
+    std::fs::create_dir_all(&dir)?;
+    let index_path = dir.join("Packages");
+    let fresh = std::fs::metadata(&index_path).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(24 * 3600));
+    if !fresh {
+        let url = format!("{mirror}/dists/{suite}/main/binary-amd64/Packages.xz");
+        let xz = index_path.with_extension("xz");
+        run(Command::new("curl").args(["-fsSL", "--retry", "3", "-o"]).arg(&xz).arg(&url))?;
+        let _ = std::fs::remove_file(&index_path);
+        run(Command::new("xz").arg("-d").arg(&xz))?;
+    }
+    let index = std::fs::read_to_string(&index_path)?;
+    let packages: Vec<Paragraph> = index.split("\n\n").filter_map(Paragraph::parse).collect();
+    let image = packages
+        .iter()
+        .filter_map(|p| {
+            let version = p.name.strip_prefix("linux-image-")?.strip_suffix("-amd64")?;
+            let numbers: Vec<u32> = version.split(['.', '+', '-']).map_while(|n| n.parse().ok()).collect();
+            (version.chars().next()?.is_ascii_digit() && !version.contains("cloud") && !version.contains("rt")).then_some((numbers, p))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, p)| p)
+        .with_context(|| format!("{suite} has no linux-image-*-amd64 package"))?;
+    let version = image.name.trim_start_matches("linux-image-").to_string();
+    let kernel = Kernel { version: version.clone(), root: dir.join(&image.name) };
+    if kernel.ready() {
+        return Ok(kernel);
+    }
+    eprintln!("xtask vm-test: fetching {} from {mirror} ({suite}) into {}", image.name, kernel.root.display());
+    forget_other_kernels(&dir, &kernel.root);
+    std::fs::create_dir_all(&kernel.root)?;
+    // The image and every package of the same kernel version it depends on, transitively.
+    let mut wanted = vec![image];
+    let mut i = 0;
+    while i < wanted.len() {
+        for dep in wanted[i].depends.clone() {
+            if dep.contains(&version) && !wanted.iter().any(|w| w.name == dep) {
+                wanted.push(packages.iter().find(|p| p.name == dep).with_context(|| format!("{dep} is not in {suite}"))?);
+            }
+        }
+        i += 1;
+    }
+    let mut debs = Vec::new();
+    for p in wanted {
+        let deb = kernel.root.join(Path::new(&p.filename).file_name().context("package file name")?);
+        run(Command::new("curl").args(["-fsSL", "--retry", "3", "-o"]).arg(&deb).arg(format!("{mirror}/{}", p.filename)))?;
+        let sum = output(Command::new("sha256sum").arg(&deb))?;
+        if sum.split_whitespace().next() != Some(p.sha256.as_str()) {
+            bail!("{} does not match the SHA256 {suite}'s index gives", deb.display());
+        }
+        debs.push(deb);
+    }
+    prepare(&kernel, &debs)?;
+    Ok(kernel)
+}
+
+/// One package's entry in a Debian `Packages` index: what fetching it needs.
+struct Paragraph {
+    name: String,
+    filename: String,
+    sha256: String,
+    /// Names of the packages it depends on (versions and alternatives dropped).
+    depends: Vec<String>,
+}
+
+impl Paragraph {
+    fn parse(text: &str) -> Option<Self> {
+        let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string());
+        let depends = field("Depends: ").unwrap_or_default();
+        Some(Paragraph {
+            name: field("Package: ")?,
+            filename: field("Filename: ")?,
+            sha256: field("SHA256: ")?,
+            depends: depends.split(',').filter_map(|d| d.split(['|', '(']).next()).map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect(),
+        })
+    }
+}
+
+/// Kernels fetched into `dir` before `keep` (Debian moved on) are not needed again.
+fn forget_other_kernels(dir: &Path, keep: &Path) {
+    for old in std::fs::read_dir(dir).into_iter().flatten().filter_map(|e| e.ok()) {
+        if old.file_name().to_string_lossy().starts_with("linux-image-") && old.path() != keep {
+            let _ = std::fs::remove_dir_all(old.path());
+        }
+    }
+}
+
+/// Unpacks the kernel packages `debs` into `kernel.root/x` (only what `WANTED` names), makes the
+/// modules loadable by busybox (decompressed, with a modules.dep), and puts the boot image in
+/// place; the .debs are deleted.
+fn prepare(kernel: &Kernel, debs: &[PathBuf]) -> anyhow::Result<()> {
+    let x = kernel.root.join("x");
+    for deb in debs {
+        unpack(deb, &x)?;
+        std::fs::remove_file(deb)?;
+    }
+    let modules = kernel.modules();
+    // busybox's modprobe loads plain .ko files only.
+    for (ext, unpack) in [("xz", "xz -d -q"), ("zst", "zstd -d -q --rm")] {
+        let found = output(Command::new("find").arg(&modules).args(["-name", &format!("*.ko.{ext}")]))?;
+        if !found.is_empty() {
+            run(Command::new("sh").arg("-c").arg(format!("find \"$0\" -name '*.ko.{ext}' -exec {unpack} {{}} +")).arg(&modules))?;
+        }
+    }
+    run(Command::new("busybox").arg("depmod").arg("-b").arg(kernel.modules_base()).arg(&kernel.version))?;
+    let vmlinuz = [x.join("boot").join(format!("vmlinuz-{}", kernel.version)), modules.join("vmlinuz")]
+        .into_iter()
+        .find(|p| p.exists())
+        .context("the kernel packages hold no vmlinuz")?;
+    if extract_vmlinux(&vmlinuz, &kernel.root.join("vmlinux")).is_err() {
+        // Not XZ (newer Debian kernels are zstd-compressed): boot the compressed image.
+        let _ = std::fs::remove_file(kernel.root.join("vmlinux"));
+        std::fs::rename(&vmlinuz, kernel.root.join("vmlinuz"))?;
+    }
+    let _ = std::fs::remove_dir_all(x.join("boot"));
+    let _ = std::fs::remove_file(modules.join("vmlinuz"));
+    Ok(())
+}
+
+/// Parts of a kernel package unpacked, below `lib/modules/<version>/` (or `usr/lib/...`): the
+/// module lists, and only the module directories `MODULES` and their dependencies come from
+/// (~50 MB of the ~450 MB tree; CI machines may be short of disk); plus the kernel image.
+const WANTED: &[&str] = &[
+    "modules.", "kernel/arch/", "kernel/crypto/", "kernel/lib/", "kernel/fs/", "kernel/net/",
+    "kernel/drivers/virtio/", "kernel/drivers/char/", "kernel/drivers/net/veth.ko", "vmlinuz",
 ];
 
-/// Unpacks the `UNPACKED` parts of a .deb into `into`.
+/// Unpacks the parts of a .deb that `WANTED` names (and `boot/vmlinuz-*`) into `into`.
 fn unpack(deb: &Path, into: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(into)?;
+    let listing = output(Command::new("sh").arg("-c").arg("dpkg-deb --fsys-tarfile \"$0\" | tar -t").arg(deb))?;
+    let members: Vec<&str> = listing
+        .lines()
+        .filter(|m| !m.ends_with('/'))
+        .filter(|m| {
+            let path = m.trim_start_matches("./");
+            let path = path.strip_prefix("usr/").unwrap_or(path);
+            if path.starts_with("boot/vmlinuz-") {
+                return true;
+            }
+            // lib/modules/<version>/<rest>
+            let rest = path.strip_prefix("lib/modules/").and_then(|p| p.split_once('/')).map(|(_, r)| r);
+            rest.is_some_and(|r| WANTED.iter().any(|w| r.starts_with(w)))
+        })
+        .collect();
+    if members.is_empty() {
+        return Ok(());
+    }
+    let list = into.join(".members");
+    std::fs::write(&list, members.join("\n"))?;
     let mut tarfile = Command::new("dpkg-deb").arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped()).spawn()?;
     let untar = Command::new("tar")
-        .args(["-x", "--wildcards", "-C"])
+        .args(["-x", "-C"])
         .arg(into)
-        .args(UNPACKED)
+        .arg("-T")
+        .arg(&list)
         .stdin(tarfile.stdout.take().unwrap())
         .status()?;
+    std::fs::remove_file(&list)?;
     if !tarfile.wait()?.success() || !untar.success() {
         bail!("could not unpack {}", deb.display());
     }
@@ -203,7 +373,9 @@ fn initramfs(kernel: &Kernel) -> anyhow::Result<PathBuf> {
         std::fs::copy(kernel.modules().join(m), &to)?;
     }
     for f in ["modules.builtin", "modules.order"] {
-        std::fs::copy(kernel.modules().join(f), dest.join(f))?;
+        if kernel.modules().join(f).exists() {
+            std::fs::copy(kernel.modules().join(f), dest.join(f))?;
+        }
     }
     run(Command::new("busybox").arg("depmod").arg("-b").arg(&stage).arg(&kernel.version))?;
     let list = output(Command::new("sh").arg("-c").arg("find . -mindepth 1 | sort").current_dir(&stage))?;
@@ -235,8 +407,8 @@ fn quote(word: &str) -> String {
 
 /// Boots one guest that runs `argv` (as root, cwd = workspace root) and returns its exit status.
 /// Output streams to our stdout as the guest prints it.
-pub fn run_in_guest(argv: &[String], env: &[(&str, &str)], timeout: Duration) -> anyhow::Result<i32> {
-    Ok(run_in_guest_with(argv, env, timeout, None)?.code)
+pub fn run_in_guest(argv: &[String], env: &[(&str, &str)], timeout: Duration, which: GuestKernel) -> anyhow::Result<i32> {
+    Ok(run_in_guest_with(argv, env, timeout, None, which)?.code)
 }
 
 /// What a guest run left: its exit status, and what it wrote to `$LB_GUEST_RESULT` (a file in
@@ -254,8 +426,8 @@ pub struct Plugin {
 }
 
 /// [`run_in_guest`], optionally with a TCG plugin loaded.
-pub fn run_in_guest_with(argv: &[String], env: &[(&str, &str)], timeout: Duration, plugin: Option<&Plugin>) -> anyhow::Result<GuestRun> {
-    let kernel = kernel()?;
+pub fn run_in_guest_with(argv: &[String], env: &[(&str, &str)], timeout: Duration, plugin: Option<&Plugin>, which: GuestKernel) -> anyhow::Result<GuestRun> {
+    let kernel = kernel(which)?;
     let initrd = initramfs(&kernel)?;
     let xfer = cache_dir().join(format!("xfer-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&xfer);
@@ -284,7 +456,7 @@ pub fn run_in_guest_with(argv: &[String], env: &[(&str, &str)], timeout: Duratio
     qemu.args(["-accel", &accel, "-cpu", "max", "-smp", "2", "-m", "2048", "-nodefaults", "-no-reboot"])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none"])
         .arg("-kernel")
-        .arg(kernel.vmlinux())
+        .arg(kernel.image())
         .arg("-initrd")
         .arg(&initrd)
         .arg("-append")

@@ -2,8 +2,10 @@
 //! many records (AES-128-GCM 2^24, AES-256-GCM 2^23 in rustls' suites; ChaCha20-Poly1305 has no
 //! practical limit). While rustls holds the keys it counts records and renews them (TLS 1.3) or
 //! closes (TLS 1.2) in time; once the kernel encrypts, rustls no longer sees the records and its
-//! `kernel` module leaves the count to the caller. The kernels lbd runs on cannot take new
-//! transmit keys, so lbd ends the connection cleanly (close_notify, then FIN) before the limit.
+//! `kernel` module leaves the count to the caller. lbd does not renew offloaded keys (kernels
+//! before 6.14 cannot take new ones, and rustls 0.23 derives the next secret only for its
+//! unbuffered connections), so it ends the connection cleanly (close_notify, then FIN) before
+//! the limit.
 //!
 //! The count is kept here, without asking the kernel (which would hand the keys back to read the
 //! sequence number): a send of `n` bytes makes at most `n / 16384` full records and one short

@@ -22,13 +22,13 @@ use super::record::RecordReader;
 pub enum KtlsClosed {
     #[error("peer sent TLS alert {0}")]
     Alert(u8),
-    #[error("peer sent a TLS 1.3 KeyUpdate, which the kernel cannot follow here; closing cleanly")]
+    #[error("peer sent a TLS 1.3 KeyUpdate, which lbd does not follow on offloaded connections; closing cleanly")]
     KeyUpdate,
     #[error("peer sent an unexpected post-handshake message (type {0})")]
     UnexpectedHandshake(u8),
     #[error("peer sent a record of unknown content type {0}")]
     UnknownRecord(u8),
-    #[error("the transmit key reached its record limit (confidentiality limit of the cipher suite, or --ktls-record-limit); the kernel cannot take new keys here, so the connection is closed")]
+    #[error("the transmit key reached its record limit (confidentiality limit of the cipher suite, or --ktls-record-limit); lbd does not renew offloaded keys, so the connection is closed")]
     RecordLimit,
 }
 
@@ -72,8 +72,8 @@ pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [MaybeUninit<u8>]) -> io::R
             io::ErrorKind::ConnectionAborted,
             KtlsClosed::Alert(if n >= 2 { buf[1] } else { 0 }),
         )),
-        // TLS 1.3 KeyUpdate (handshake type 24): the next records use keys we cannot give the
-        // kernel on this connection, so end it before any byte could be misread.
+        // TLS 1.3 KeyUpdate (handshake type 24): the next records use a key lbd does not derive
+        // on offloaded connections, so end it before any byte could be misread.
         record_type::HANDSHAKE => match post_handshake(&buf[..n]) {
             Ok(()) => Ok(Record::Skipped),
             Err(e) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
@@ -83,8 +83,8 @@ pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [MaybeUninit<u8>]) -> io::R
 }
 
 /// Checks the handshake messages of one post-handshake record: only NewSessionTickets (type 4)
-/// may be dropped. A TLS 1.3 KeyUpdate (type 24) means the next records use keys the kernel cannot
-/// be given on this connection, so it is ended before any byte could be misread.
+/// may be dropped. A TLS 1.3 KeyUpdate (type 24) means the next records use a key lbd does not
+/// derive on offloaded connections, so it is ended before any byte could be misread.
 fn post_handshake(mut record: &[u8]) -> Result<(), KtlsClosed> {
     if record.is_empty() {
         return Err(KtlsClosed::UnexpectedHandshake(0));
