@@ -430,8 +430,8 @@ async fn control_records_after_offload_end_connections_cleanly() {
     eventually("the alert to be counted", || closed("alert") == 1.0).await;
     drop(tcp);
 
-    // A TLS 1.3 KeyUpdate from the client: lbd does not follow it on an offloaded connection, so it ends
-    // the connection; what came before arrives intact, nothing after it is forwarded.
+    // A TLS 1.3 KeyUpdate from the client: lbd does not follow it on an offloaded connection, so
+    // it ends the connection; what came before arrives intact, nothing after it is forwarded.
     let mut tls = raw_session(port, 1000).await;
     tls.get_mut().1.refresh_traffic_keys().unwrap();
     bulk::write_stream(&mut tls, 4242, 5000).await.unwrap();
