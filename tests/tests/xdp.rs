@@ -163,6 +163,24 @@ async fn member_http(listener: std::net::TcpListener, name: String) {
     }
 }
 
+/// A member behind a `PROXY` pool: reads the PROXY protocol v1 line and the HTTP request head,
+/// answers `member=<name> proxy=<the PROXY line>` and closes.
+fn member_proxy_v1(listener: std::net::TcpListener, name: String) {
+    for mut s in listener.incoming().map_while(Result::ok) {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let body = format!("member={name} proxy={}\n", head.lines().next().unwrap_or(""));
+            let _ = s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
+        });
+    }
+}
+
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
 }
@@ -385,6 +403,38 @@ fn source_ip_backups_and_least_connections_on_xdp_listeners() {
     assert!(forwarded(&before) > 0.0, "{before}");
     assert_eq!(forwarded(&after), forwarded(&before), "XDP forwarded no packet of these connections");
     assert_eq!(userspace(&after) - userspace(&before), 12.0, "lbd's proxy opened one member connection per client connection");
+}
+
+/// A TCP listener whose pool speaks `PROXY`: the header must be written by lbd's userspace
+/// proxy, so XDP passes the listener's packets to it instead of forwarding them, and each member
+/// connection starts with the client's address and the VIP.
+#[test]
+fn a_proxy_protocol_pool_on_an_xdp_listener_is_served_by_lbds_proxy_with_the_clients_address() {
+    const PROXY_PORT: u16 = 8081;
+    let rig = Rig::new(1);
+    for m in MEMBERS {
+        let host = &rig.topo.hosts[m];
+        let tcp = host.tcp_listener(SocketAddr::new(host.addrs[0].into(), PROXY_PORT));
+        let name = format!("member{m}");
+        std::thread::spawn(move || member_proxy_v1(tcp, name));
+    }
+    let (listener, pool, members) = rig.listener(json!({"protocol": "TCP", "protocol_port": 81}), "PROXY", PROXY_PORT);
+    let userspace = |metrics: &str| -> f64 { members.values().map(|m| series(metrics, "lb_member_connections_total", &format!("pool=\"{pool}\",member=\"{m}\""))).sum() };
+    let forwarded = |metrics: &str| series(metrics, "lb_xdp_listener_packets_total", &format!("listener=\"{listener}\",direction=\"out\""));
+    let before = rig.metrics();
+    let mut seen = BTreeMap::new();
+    for _ in 0..9 {
+        let mut s = rig.topo.hosts[CLIENT].connect(rig.client(0, 0), rig.vip(81), Duration::from_secs(3)).unwrap();
+        let client_port = s.local_addr().unwrap().port();
+        let body = request(&mut s, "/", true).unwrap();
+        let expected = format!("proxy=PROXY TCP4 {} {} {client_port} 81", rig.topo.hosts[CLIENT].addrs[0], rig.vip);
+        assert!(body.trim_end().ends_with(&expected), "{body:?} should end with {expected:?}");
+        *seen.entry(member_of(&body)).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "round robin over the three members: {seen:?}");
+    let after = rig.metrics();
+    assert_eq!(forwarded(&after), forwarded(&before), "XDP forwarded no packet of these connections");
+    assert_eq!(userspace(&after) - userspace(&before), 9.0, "lbd's proxy opened one member connection per client connection");
 }
 
 /// UDP `SOURCE_IP` persistence: each client address keeps one member; with a
