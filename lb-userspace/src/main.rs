@@ -51,10 +51,11 @@ enum Command {
         /// in /proc/net/tls_stat). Member connections always have it.
         #[arg(long, env = "LBD_KTLS_RX_EXPECT_NO_PAD")]
         ktls_rx_expect_no_pad: bool,
-        /// End an offloaded connection (close_notify, then FIN) before its transmit key has
-        /// encrypted this many records, where that is below the cipher suite's confidentiality
-        /// limit (AES-128-GCM 2^24 records, AES-256-GCM 2^23), which applies anyway: lbd does not
-        /// renew offloaded keys. Counted conservatively (a short send counts as a record).
+        /// Renew an offloaded connection's transmit key (TLS 1.3 KeyUpdate, kernels 6.14+) or,
+        /// where it cannot be renewed, end the connection (close_notify, then FIN) before the key
+        /// has encrypted this many records, where that is below the cipher suite's
+        /// confidentiality limit (AES-128-GCM 2^24 records, AES-256-GCM 2^23), which applies
+        /// anyway. Counted conservatively (a short send counts as a record).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..), env = "LBD_KTLS_RECORD_LIMIT")]
         ktls_record_limit: Option<u64>,
         /// Attach lb's XDP program to this interface (native mode, else generic); repeatable.

@@ -199,6 +199,9 @@ impl Metrics {
             m.ktls_available.clone(),
         );
         registry.register("ktls_closed", "Offloaded connections lbd ended, by reason: a control record (alert, key_update, unexpected_handshake, unknown_record) or the transmit key's record limit (record_limit)", m.ktls_closed.clone());
+        let updates = &policy.key_update_counts;
+        registry.register("ktls_key_updates_sent", "TLS 1.3 KeyUpdates lbd sent on offloaded connections (a transmit key renewed at its record limit, or when the peer asked); needs a kernel that takes new keys (6.14+)", updates.sent.clone());
+        registry.register("ktls_key_updates_received", "TLS 1.3 KeyUpdates peers sent on offloaded connections, followed by installing the next receive key (6.14+; older kernels end such connections: lb_ktls_closed_total{reason=\"key_update\"})", updates.received.clone());
         registry.register("bytes", "Client-side bytes by direction (in: from clients)", m.bytes.clone());
         registry.register("http_responses", "HTTP responses sent to clients by status code", m.http_responses.clone());
         registry.register("xdp_attached", "1 per interface lbd's XDP program is attached to, with the mode", m.xdp_attached.clone());

@@ -35,8 +35,8 @@ pub async fn forward(mut client: PeerStream, peer: SocketAddr, rt: &ListenerRunt
         let (client_tcp, client_ktls) = client.kernel_socket().expect("checked");
         let (member_tcp, member_ktls) = member_stream.kernel_socket().expect("checked");
         let activity = splice::Activity::new(rt.timeouts.client_data.max(rt.timeouts.member_data));
-        let up = splice::pump(client_tcp, member_tcp, Ends { from_ktls: client_ktls.is_some(), to_ktls: member_ktls }, &activity, rx);
-        let down = splice::pump(member_tcp, client_tcp, Ends { from_ktls: member_ktls.is_some(), to_ktls: client_ktls }, &activity, tx);
+        let up = splice::pump(client_tcp, member_tcp, Ends { from_ktls: client_ktls, to_ktls: member_ktls }, &activity, rx);
+        let down = splice::pump(member_tcp, client_tcp, Ends { from_ktls: member_ktls, to_ktls: client_ktls }, &activity, tx);
         let (a, b) = tokio::join!(up, down);
         return a.and(b).map(|_| ());
     }

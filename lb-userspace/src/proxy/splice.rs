@@ -22,8 +22,8 @@ const CHUNK: usize = 1 << 20;
 /// Which ends of a pump are offloaded sockets.
 #[derive(Clone, Copy)]
 pub struct Ends<'a> {
-    /// The source decrypts in the kernel: control records surface as splice errors.
-    pub from_ktls: bool,
+    /// The source decrypts in the kernel (its keys): control records surface as splice errors.
+    pub from_ktls: Option<&'a RecordBudget>,
     /// The destination encrypts in the kernel (its transmit key's record budget): sends stay
     /// within the budget, and the pump ends with close_notify.
     pub to_ktls: Option<&'a RecordBudget>,
@@ -103,13 +103,14 @@ async fn copy(from: &TcpStream, to: &TcpStream, ends: Ends<'_>, activity: &Activ
 }
 
 /// One send of up to `len` bytes to `to` once it is writable (`op` sends the length it is
-/// given), within its record budget if it is offloaded.
+/// given), within its record budget if it is offloaded (which may renew the key first).
 async fn send(to: &TcpStream, budget: Option<&RecordBudget>, len: usize, mut op: impl FnMut(usize) -> io::Result<usize>) -> io::Result<usize> {
-    let len = match budget {
-        Some(b) => b.allowed(len)?,
-        None => len,
-    };
-    let sent = retry(to, Interest::WRITABLE, || op(len)).await?;
+    let to_fd = to.as_raw_fd();
+    let sent = retry(to, Interest::WRITABLE, || match budget {
+        Some(b) => op(b.before_send(to_fd, len)?),
+        None => op(len),
+    })
+    .await?;
     if let Some(b) = budget {
         b.spend(sent);
     }
@@ -120,13 +121,13 @@ async fn send(to: &TcpStream, budget: Option<&RecordBudget>, len: usize, mut op:
 /// returned through `recvmsg` (after a control record check) is written to `to` directly.
 async fn fill(from: &TcpStream, from_fd: RawFd, pipe_w: RawFd, to: &TcpStream, ends: Ends<'_>) -> io::Result<Option<usize>> {
     loop {
-        match retry(from, Interest::READABLE, || offload::splice(from_fd, pipe_w, CHUNK)).await {
-            Ok(0) => return Ok(None),
-            Ok(n) => return Ok(Some(n)),
+        match (retry(from, Interest::READABLE, || offload::splice(from_fd, pipe_w, CHUNK)).await, ends.from_ktls) {
+            (Ok(0), _) => return Ok(None),
+            (Ok(n), _) => return Ok(Some(n)),
             // A non-data record is next: splice refuses it (EINVAL, or EIO on some kernels).
-            Err(e) if ends.from_ktls && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIO)) => {
+            (Err(e), Some(keys)) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIO)) => {
                 let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-                match retry(from, Interest::READABLE, || read_record(from_fd, buf.spare_capacity_mut())).await? {
+                match retry(from, Interest::READABLE, || read_record(from_fd, buf.spare_capacity_mut(), keys)).await? {
                     Record::Closed => return Ok(None),
                     Record::Data(n) => {
                         // SAFETY: read_record reported its first n bytes written by the kernel.
@@ -136,7 +137,7 @@ async fn fill(from: &TcpStream, from_fd: RawFd, pipe_w: RawFd, to: &TcpStream, e
                     Record::Skipped => {}
                 }
             }
-            Err(e) => return Err(e),
+            (Err(e), _) => return Err(e),
         }
     }
 }
@@ -173,7 +174,7 @@ mod tests {
         (far, listener.accept().await.unwrap().0)
     }
 
-    const PLAIN: Ends = Ends { from_ktls: false, to_ktls: None };
+    const PLAIN: Ends = Ends { from_ktls: None, to_ktls: None };
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_upload_longer_than_the_limit_is_not_idle_while_the_member_is_silent() {

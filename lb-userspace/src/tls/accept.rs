@@ -1,20 +1,21 @@
-//! One client handshake: rustls over a record-bounded reader, then the per-connection decision
-//! to hand the record layer to the kernel or keep it in rustls.
+//! One client handshake ([`super::server`]: reads stop at record boundaries while the kernel may
+//! take over), then the per-connection decision to hand the record layer to the kernel or keep
+//! it in rustls; and the hand-over itself, for client and member connections.
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use rustls::{ProtocolVersion, ServerConfig, SupportedCipherSuite};
-use tokio::io::AsyncWriteExt;
+use rustls::{ExtractedSecrets, ProtocolVersion, ServerConfig, SupportedCipherSuite};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
 use super::budget::RecordBudget;
 use super::config::suite_name;
 use super::offload::{self, Capabilities, KernelCipher, KernelVersion, RxPadding};
 use super::peer::ClientCert;
 use super::record::RecordReader;
+use super::rekey::{KeyUpdateCounts, KeyUpdates};
+use super::server::{self, ServerTls};
 use super::stream::{KtlsStream, PeerStream};
 
 /// Whether lbd tries kTLS at all, and what the kernel can do.
@@ -33,17 +34,24 @@ pub struct OffloadPolicy {
     /// cipher suite's confidentiality limit (`lbd serve --ktls-record-limit`). See
     /// [`super::budget`].
     pub record_limit: Option<u64>,
+    /// Key updates on offloaded connections so far (where the kernel takes new keys).
+    pub key_update_counts: KeyUpdateCounts,
 }
 
 impl OffloadPolicy {
     /// Userspace TLS only.
     pub fn disabled() -> Self {
-        OffloadPolicy { enabled: false, capabilities: Capabilities::none("disabled by configuration"), userspace_ciphers: vec![], client_rx_no_pad: false, record_limit: None }
+        OffloadPolicy { enabled: false, ..Self::probe_with(Capabilities::none("disabled by configuration")) }
     }
 
     /// Probe the kernel and offload whatever it supports.
     pub fn probe() -> Self {
-        OffloadPolicy { enabled: true, capabilities: offload::probe(), userspace_ciphers: vec![], client_rx_no_pad: false, record_limit: None }
+        Self::probe_with(offload::probe())
+    }
+
+    /// Offload whatever `capabilities` say the kernel supports.
+    pub fn probe_with(capabilities: Capabilities) -> Self {
+        OffloadPolicy { enabled: true, capabilities, userspace_ciphers: vec![], client_rx_no_pad: false, record_limit: None, key_update_counts: KeyUpdateCounts::default() }
     }
 
     /// Secret extraction is only switched on where it may be used.
@@ -122,23 +130,13 @@ pub fn decide(policy: &OffloadPolicy, version: Option<ProtocolVersion>, suite: S
     }
 }
 
-/// Hands a completed connection's record layer to the kernel: plaintext rustls already decrypted
-/// is kept to be served first, then the secrets leave rustls and TX+RX are installed. The
-/// stream may send records up to the suite's confidentiality limit (or `record_limit`, if
-/// lower), counted from the records the key already encrypted in rustls.
-pub fn hand_over(
-    io: RecordReader<TcpStream>,
-    conn: impl Into<rustls::Connection>,
-    version: ProtocolVersion,
-    padding: RxPadding,
-    record_limit: Option<u64>,
-) -> Result<KtlsStream, String> {
+/// Hands a completed member connection's record layer to the kernel: plaintext rustls already
+/// decrypted is kept to be served first, then the secrets leave rustls and TX+RX are installed.
+/// Member connections run on rustls' buffered API, which hands out the keys but not the key
+/// schedule: their keys are not renewed.
+pub fn hand_over(io: RecordReader<TcpStream>, conn: impl Into<rustls::Connection>, version: ProtocolVersion, padding: RxPadding, policy: &OffloadPolicy) -> Result<KtlsStream, String> {
     let mut conn: rustls::Connection = conn.into();
-    let suite_limit = match conn.negotiated_cipher_suite().ok_or("no cipher suite negotiated")? {
-        SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
-        SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
-    };
-    let limit = record_limit.map_or(suite_limit, |l| l.min(suite_limit));
+    let limit = record_limit(conn.negotiated_cipher_suite(), policy)?;
     // With record-bounded reads nothing past the Finished message was read, but rustls may
     // still hold decrypted application data from the last record: serve it first.
     let mut prefix = Vec::new();
@@ -147,37 +145,60 @@ pub fn hand_over(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(e) => return Err(e.to_string()),
     }
-    let tcp = io.into_inner();
     let secrets = conn.dangerous_extract_secrets().map_err(|e| e.to_string())?;
-    let budget = Arc::new(RecordBudget::new(limit.saturating_sub(secrets.tx.0)));
+    install(io.into_inner(), prefix, version, secrets, None, padding, limit)
+}
+
+/// Hands a completed client connection's record layer to the kernel, as [`hand_over`]; where the
+/// kernel takes new keys (TLS 1.3), rustls' key schedule stays with the stream, so that keys are
+/// renewed instead of the connection ending ([`super::rekey`]).
+fn hand_over_client(tls: ServerTls, version: ProtocolVersion, padding: RxPadding, policy: &OffloadPolicy) -> Result<KtlsStream, String> {
+    let (tcp, conn, prefix) = tls.into_parts();
+    let limit = record_limit(conn.negotiated_cipher_suite(), policy)?;
+    let (secrets, schedule) = conn.dangerous_into_kernel_connection().map_err(|e| e.to_string())?;
+    let renewable = policy.capabilities.key_updates && version == ProtocolVersion::TLSv1_3;
+    let keys = renewable.then(|| KeyUpdates::new(schedule, policy.key_update_counts.clone()));
+    install(tcp, prefix, version, secrets, keys, padding, limit)
+}
+
+/// The most records an offloaded transmit key may encrypt: the suite's confidentiality limit,
+/// or the operator's lower `record_limit`.
+fn record_limit(suite: Option<SupportedCipherSuite>, policy: &OffloadPolicy) -> Result<u64, String> {
+    let suite_limit = match suite.ok_or("no cipher suite negotiated")? {
+        SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+        SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+    };
+    Ok(policy.record_limit.map_or(suite_limit, |l| l.min(suite_limit)))
+}
+
+/// Installs TX+RX on `tcp`. The stream may send records up to `limit`, counted from the records
+/// the key already encrypted in rustls (or renew the key with `keys`).
+fn install(tcp: TcpStream, prefix: Vec<u8>, version: ProtocolVersion, secrets: ExtractedSecrets, keys: Option<KeyUpdates>, padding: RxPadding, limit: u64) -> Result<KtlsStream, String> {
+    let budget = Arc::new(RecordBudget::new(limit, secrets.tx.0, keys));
     offload::install(tcp.as_raw_fd(), version, secrets, padding).map_err(|e| e.to_string())?;
     Ok(KtlsStream::new(tcp, prefix, budget))
 }
 
 /// Runs the handshake on `tcp` and decides where the records go.
 pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>, policy: &OffloadPolicy) -> Result<Accepted, AcceptError> {
-    let mut tls = TlsAcceptor::from(config).accept(RecordReader::new(tcp)).await.map_err(AcceptError::Handshake)?;
-    // Push everything rustls queued (TLS 1.3 NewSessionTickets included) before the kernel
-    // takes the write side over at the next sequence number.
-    tls.flush().await.map_err(AcceptError::Handshake)?;
-
-    let (io, conn) = tls.get_ref();
+    // Every record the handshake produced (TLS 1.3 NewSessionTickets included) is written
+    // before it returns, so the kernel can take the write side over at the next sequence number.
+    let (mut tls, sni) = server::handshake(tcp, config, policy.may_offload()).await.map_err(AcceptError::Handshake)?;
+    let conn = tls.connection();
     let version = conn.protocol_version();
     let suite = conn.negotiated_cipher_suite().expect("handshake complete");
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-    let sni = conn.server_name().map(str::to_string);
     let client_cert = conn.peer_certificates().and_then(|c| c.first()).and_then(|c| ClientCert::parse(c)).map(Arc::new);
     let version_name = version.and_then(KernelVersion::of).map(KernelVersion::name).unwrap_or("other");
-    let decision = decide(policy, version, suite, io.at_record_boundary());
+    let decision = decide(policy, version, suite, tls.at_record_boundary());
 
     let stream = match decision {
         Offload::Kernel => {
-            let (io, conn) = tls.into_inner();
             let padding = if policy.client_rx_no_pad { RxPadding::NotExpected } else { RxPadding::Tolerated };
-            PeerStream::Ktls(hand_over(io, conn, version.expect("known version"), padding, policy.record_limit).map_err(AcceptError::Offload)?)
+            PeerStream::Ktls(hand_over_client(tls, version.expect("known version"), padding, policy).map_err(AcceptError::Offload)?)
         }
         Offload::Userspace(_) => {
-            tls.get_mut().0.uncork();
+            tls.uncork();
             PeerStream::Rustls(Box::new(tls))
         }
     };

@@ -2,18 +2,20 @@
 //! many records (AES-128-GCM 2^24, AES-256-GCM 2^23 in rustls' suites; ChaCha20-Poly1305 has no
 //! practical limit). While rustls holds the keys it counts records and renews them (TLS 1.3) or
 //! closes (TLS 1.2) in time; once the kernel encrypts, rustls no longer sees the records and its
-//! `kernel` module leaves the count to the caller. lbd does not renew offloaded keys (kernels
-//! before 6.14 cannot take new ones, and rustls 0.23 derives the next secret only for its
-//! unbuffered connections), so it ends the connection cleanly (close_notify, then FIN) before
-//! the limit.
+//! `kernel` module leaves the count to the caller. Where the key can be renewed (a TLS 1.3 client
+//! connection on a kernel that takes new keys, Linux 6.14 and later) the budget renews it with a
+//! key update when it runs out ([`super::rekey`]); elsewhere (older kernels, TLS 1.2, member
+//! connections) lbd ends the connection cleanly (close_notify, then FIN) before the limit.
 //!
 //! The count is kept here, without asking the kernel (which would hand the keys back to read the
 //! sequence number): a send of `n` bytes makes at most `n / 16384` full records and one short
 //! one, so the budget runs out at the limit at the latest, earlier when sends are short.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::rekey::KeyUpdates;
 use super::stream::KtlsClosed;
 
 /// The largest TLS record payload; the kernel fills records up to it.
@@ -29,22 +31,69 @@ pub struct RecordBudget {
     left: AtomicU64,
     /// What `left` started at.
     initial: u64,
+    /// What `left` starts at under a renewed key.
+    renewed: u64,
     /// Fired once when the budget becomes [`Self::nearly_spent`].
     nearly_spent: tokio::sync::Notify,
+    /// The key schedule, where the kernel takes new keys: the budget is then renewed, never
+    /// spent.
+    keys: Option<KeyUpdates>,
+    /// The peer's KeyUpdate asked for one in return: the next send is preceded by it.
+    update_requested: AtomicBool,
 }
 
 impl RecordBudget {
     /// A budget of `limit` records (the suite's confidentiality limit, or the operator's lower
-    /// `--ktls-record-limit`).
-    pub fn new(limit: u64) -> Self {
-        let initial = limit.saturating_sub(RESERVE);
-        RecordBudget { left: AtomicU64::new(initial), initial, nearly_spent: tokio::sync::Notify::new() }
+    /// `--ktls-record-limit`), of which the key already encrypted `used` in rustls; `keys` where
+    /// the key can be renewed.
+    pub fn new(limit: u64, used: u64, keys: Option<KeyUpdates>) -> Self {
+        let renewed = limit.saturating_sub(RESERVE);
+        let initial = renewed.saturating_sub(used);
+        RecordBudget {
+            left: AtomicU64::new(initial),
+            initial,
+            renewed,
+            nearly_spent: tokio::sync::Notify::new(),
+            keys,
+            update_requested: AtomicBool::new(false),
+        }
     }
 
-    /// Less than an eighth left: a connection is wound down (a pooled one retired, an HTTP/1.1
-    /// one closed after its response, an h2 one sent GOAWAY) rather than run into the limit.
+    /// Less than an eighth left of a key that cannot be renewed: a connection is wound down (a
+    /// pooled one retired, an HTTP/1.1 one closed after its response, an h2 one sent GOAWAY)
+    /// rather than run into the limit.
     pub fn nearly_spent(&self) -> bool {
-        self.left.load(Ordering::Relaxed) < self.initial / 8
+        self.keys.is_none() && self.left.load(Ordering::Relaxed) < self.initial / 8
+    }
+
+    /// Before a send of `len` bytes on `fd`: renews the transmit key first where it is due (spent,
+    /// or asked for by the peer) and can be, then says how many of the bytes may be sent, as
+    /// [`Self::allowed`]. `WouldBlock` when the KeyUpdate could not be sent yet.
+    pub fn before_send(&self, fd: RawFd, len: usize) -> io::Result<usize> {
+        if let Some(keys) = &self.keys
+            && len > 0
+            && (self.left.load(Ordering::Relaxed) == 0 || self.update_requested.load(Ordering::Relaxed))
+        {
+            keys.renew_tx(fd)?;
+            self.update_requested.store(false, Ordering::Relaxed);
+            self.left.store(self.renewed, Ordering::Relaxed);
+        }
+        self.allowed(len)
+    }
+
+    /// After the peer's KeyUpdate was read from `fd`: installs the next receive key, and, if the
+    /// peer asked, has the next send renew the transmit key. Where keys cannot be renewed the
+    /// connection ends (`KtlsClosed::KeyUpdate`): records after the KeyUpdate use a key the
+    /// kernel cannot be given.
+    pub fn follow_key_update(&self, fd: RawFd, requested: bool) -> io::Result<()> {
+        let Some(keys) = &self.keys else {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, KtlsClosed::KeyUpdate));
+        };
+        keys.renew_rx(fd)?;
+        if requested {
+            self.update_requested.store(true, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Completes once the budget is [`Self::nearly_spent`] (at once if it already is).
@@ -61,7 +110,7 @@ impl RecordBudget {
 
     /// Before a send of `len` bytes: how many of them (from the start) may be sent without
     /// taking the key past its limit, or an error (`KtlsClosed::RecordLimit`) when none may.
-    pub fn allowed(&self, len: usize) -> io::Result<usize> {
+    fn allowed(&self, len: usize) -> io::Result<usize> {
         let left = self.left.load(Ordering::Relaxed);
         if len == 0 {
             return Ok(0);
@@ -80,7 +129,7 @@ impl RecordBudget {
         let now = left.saturating_sub(Self::cost(sent));
         self.left.store(now, Ordering::Relaxed);
         let threshold = self.initial / 8;
-        if left >= threshold && now < threshold {
+        if self.keys.is_none() && left >= threshold && now < threshold {
             // A permit is stored if nobody waits yet.
             self.nearly_spent.notify_one();
         }
@@ -93,7 +142,7 @@ mod tests {
 
     #[test]
     fn sends_are_cut_to_what_the_limit_allows_then_refused() {
-        let b = RecordBudget::new(RESERVE + 10);
+        let b = RecordBudget::new(RESERVE + 10, 0, None);
         assert_eq!(b.allowed(0).unwrap(), 0);
         // 3 full records and a short one: 4.
         assert_eq!(b.allowed(3 * MAX_RECORD + 1).unwrap(), 3 * MAX_RECORD + 1);
@@ -110,12 +159,12 @@ mod tests {
         assert!(matches!(e.get_ref().and_then(|i| i.downcast_ref::<KtlsClosed>()), Some(KtlsClosed::RecordLimit)), "each short send counts as a record: {e}");
         assert_eq!(b.allowed(0).unwrap(), 0);
         assert!(b.nearly_spent());
-        assert!(!RecordBudget::new(1 << 24).nearly_spent());
+        assert!(!RecordBudget::new(1 << 24, 0, None).nearly_spent());
     }
 
     #[tokio::test]
     async fn crossing_into_nearly_spent_wakes_the_waiter() {
-        let b = std::sync::Arc::new(RecordBudget::new(RESERVE + 80));
+        let b = std::sync::Arc::new(RecordBudget::new(RESERVE + 80, 0, None));
         let waiter = tokio::spawn({
             let b = b.clone();
             async move { b.wait_nearly_spent().await }

@@ -101,7 +101,7 @@ pub async fn connect(tcp: TcpStream, tls: &MemberTls, ip: IpAddr, policy: &Offlo
         Offload::Kernel => {
             let (io, conn) = stream.into_inner();
             // Members are the operator's own servers: trusted not to pad their records.
-            PeerStream::Ktls(hand_over(io, conn, version.expect("known version"), RxPadding::NotExpected, policy.record_limit).map_err(io::Error::other)?)
+            PeerStream::Ktls(hand_over(io, conn, version.expect("known version"), RxPadding::NotExpected, policy).map_err(io::Error::other)?)
         }
         Offload::Userspace(_) => {
             stream.get_mut().0.uncork();

@@ -3,9 +3,12 @@
 //!
 //! - [`config`]: a listener's `ServerConfig` (versions, cipher suites, ALPN, tickets).
 //! - [`resolver`]: certificate choice by SNI.
-//! - [`record`]: reads exactly one TLS record at a time during the handshake, so nothing the
-//!   kernel should decrypt is consumed by userspace.
+//! - [`server`]: a client connection's handshake and userspace records, on rustls' unbuffered
+//!   API (lbd's buffers; reads stop at record boundaries while the kernel may take over).
+//! - [`record`]: the same record-bounded reads for member connections (rustls' buffered API).
 //! - [`offload`]: kTLS probe and installation (the only `unsafe` code of the TLS path).
+//! - [`budget`]: an offloaded transmit key's record count, and its renewal.
+//! - [`rekey`]: TLS 1.3 key updates on offloaded connections (kernels that take new keys).
 //! - [`stream`]: a TLS connection end (client- or member-facing), kTLS or rustls, behind one type.
 //! - [`client`]: TLS to pool members: `ClientConfig` per pool, handshake, kTLS hand-over.
 //! - [`verify`]: client and member certificate verification (CA, CRL), failure reasons.
@@ -16,7 +19,9 @@ pub mod budget;
 pub mod config;
 pub mod offload;
 pub mod record;
+pub mod rekey;
 pub mod resolver;
+pub mod server;
 pub mod stream;
 pub mod client;
 pub mod peer;

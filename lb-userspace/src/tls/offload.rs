@@ -90,12 +90,15 @@ pub struct Capabilities {
     pub ulp: Result<(), String>,
     /// Whether TX and RX keys were accepted, per version and cipher.
     pub suites: BTreeMap<(KernelVersion, KernelCipher), bool>,
+    /// Whether the kernel takes a TLS 1.3 socket's next key (Linux 6.14 and later), so that
+    /// offloaded connections can follow and make key updates ([`super::rekey`]).
+    pub key_updates: bool,
 }
 
 impl Capabilities {
     /// Capabilities of a kernel with no kTLS at all, for `reason`.
     pub fn none(reason: impl Into<String>) -> Self {
-        Capabilities { ulp: Err(reason.into()), suites: BTreeMap::new() }
+        Capabilities { ulp: Err(reason.into()), suites: BTreeMap::new(), key_updates: false }
     }
 
     pub fn supports(&self, version: KernelVersion, cipher: KernelCipher) -> bool {
@@ -116,7 +119,11 @@ impl Capabilities {
                 if ok.is_empty() {
                     "kTLS unavailable: the TLS ULP loads but the kernel accepted no cipher (crypto modules missing?)".into()
                 } else {
-                    format!("kTLS available for {}", ok.join(", "))
+                    let updates = match self.key_updates {
+                        true => "TLS 1.3 key updates followed and made",
+                        false => "no TLS 1.3 key updates (the kernel cannot take new keys: such connections are ended cleanly)",
+                    };
+                    format!("kTLS available for {}; {updates}", ok.join(", "))
                 }
             }
         }
@@ -124,7 +131,7 @@ impl Capabilities {
 }
 
 /// Probes the kernel on throw-away loopback connections: TCP_ULP "tls", then TX and RX keys for
-/// every version and cipher.
+/// every version and cipher, and whether a TLS 1.3 socket takes a second transmit key.
 pub fn probe() -> Capabilities {
     let pair = || -> io::Result<(TcpStream, TcpStream)> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -132,7 +139,7 @@ pub fn probe() -> Capabilities {
         let (server, _) = listener.accept()?;
         Ok((client, server))
     };
-    let mut caps = Capabilities { ulp: Ok(()), suites: BTreeMap::new() };
+    let mut caps = Capabilities { ulp: Ok(()), suites: BTreeMap::new(), key_updates: false };
     for version in KernelVersion::ALL {
         for cipher in KernelCipher::ALL {
             let (sock, _peer) = match pair() {
@@ -150,6 +157,10 @@ pub fn probe() -> Capabilities {
             let info = CryptoInfo::zeroed(version, cipher);
             let ok = info.set(sock.as_raw_fd(), libc::TLS_TX).is_ok() && info.set(sock.as_raw_fd(), libc::TLS_RX).is_ok();
             caps.suites.insert((version, cipher), ok);
+            if ok && version == KernelVersion::Tls13 && !caps.key_updates {
+                // Kernels before 6.14 refuse a second key (EBUSY).
+                caps.key_updates = info.set(sock.as_raw_fd(), libc::TLS_TX).is_ok();
+            }
         }
     }
     caps
@@ -218,6 +229,16 @@ pub fn install(fd: RawFd, version: ProtocolVersion, secrets: ExtractedSecrets, p
     })();
     tx_info.zeroize();
     rx_info.zeroize();
+    result
+}
+
+/// Installs one direction's key (`libc::TLS_TX` or `libc::TLS_RX`) on a socket that already has
+/// the TLS ULP: for TLS 1.3, on kernels that take them, the next key after a key update. The
+/// copy handed to the kernel is wiped.
+pub fn install_key(fd: RawFd, direction: libc::c_int, version: KernelVersion, secrets: &ConnectionTrafficSecrets, seq: u64) -> io::Result<()> {
+    let mut info = CryptoInfo::new(version, secrets, seq).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a cipher the kernel does not take"))?;
+    let result = info.set(fd, direction);
+    info.zeroize();
     result
 }
 

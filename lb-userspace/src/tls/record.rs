@@ -1,4 +1,5 @@
-//! Reading the handshake one TLS record at a time.
+//! Reading a member connection's handshake one TLS record at a time (member connections run on
+//! rustls' buffered API; client connections read into lbd's own buffers, [`super::server`]).
 //!
 //! Once the handshake is done the kernel must see every byte that follows it: any application
 //! record rustls had already pulled from the socket could not be handed to kTLS. While "corked",

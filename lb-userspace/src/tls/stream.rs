@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use super::budget::RecordBudget;
 use super::offload::{self, record_type};
 use super::record::RecordReader;
+use super::server::ServerTls;
 
 /// Why lbd ended an offloaded connection: a control record the kernel path cannot continue
 /// after, or the transmit key's record limit.
@@ -22,13 +23,13 @@ use super::record::RecordReader;
 pub enum KtlsClosed {
     #[error("peer sent TLS alert {0}")]
     Alert(u8),
-    #[error("peer sent a TLS 1.3 KeyUpdate, which lbd does not follow on offloaded connections; closing cleanly")]
+    #[error("peer sent a TLS 1.3 KeyUpdate, which this connection cannot follow once offloaded (the kernel takes no new keys before 6.14; member connections keep no key schedule); closing cleanly")]
     KeyUpdate,
     #[error("peer sent an unexpected post-handshake message (type {0})")]
     UnexpectedHandshake(u8),
     #[error("peer sent a record of unknown content type {0}")]
     UnknownRecord(u8),
-    #[error("the transmit key reached its record limit (confidentiality limit of the cipher suite, or --ktls-record-limit); lbd does not renew offloaded keys, so the connection is closed")]
+    #[error("the transmit key reached its record limit (confidentiality limit of the cipher suite, or --ktls-record-limit) and cannot be renewed here (a kernel before 6.14, TLS 1.2, or a member connection), so the connection is closed")]
     RecordLimit,
 }
 
@@ -51,7 +52,8 @@ pub enum Record {
     /// close_notify, or TCP EOF.
     Closed,
     /// A record with nothing for the application: TLS 1.3 NewSessionTickets a member sends after
-    /// the handshake (lb does not resume offloaded member connections, so they are dropped).
+    /// the handshake (lb does not resume offloaded member connections, so they are dropped), or a
+    /// KeyUpdate that was followed.
     Skipped,
 }
 
@@ -59,8 +61,9 @@ pub enum Record {
 /// errors. Plain `read(2)` would fail with EIO on them. `buf` need not be initialised (a reader's
 /// spare capacity: hyper hands over all of its read buffer's, which grows to hundreds of KiB, in
 /// a fresh `ReadBuf` for every read, so zeroing it first would be work for nothing);
-/// `Record::Data(n)` means its first `n` bytes are.
-pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<Record> {
+/// `Record::Data(n)` means its first `n` bytes are. A KeyUpdate is followed through `keys`, the
+/// socket's record budget (or ends the connection where keys cannot be renewed).
+pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [MaybeUninit<u8>], keys: &RecordBudget) -> io::Result<Record> {
     let (n, kind) = offload::recv_record(fd, buf)?;
     // SAFETY: recvmsg wrote the first n bytes of buf.
     let buf = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
@@ -72,38 +75,42 @@ pub fn read_record(fd: std::os::fd::RawFd, buf: &mut [MaybeUninit<u8>]) -> io::R
             io::ErrorKind::ConnectionAborted,
             KtlsClosed::Alert(if n >= 2 { buf[1] } else { 0 }),
         )),
-        // TLS 1.3 KeyUpdate (handshake type 24): the next records use a key lbd does not derive
-        // on offloaded connections, so end it before any byte could be misread.
+        // TLS 1.3 KeyUpdate (handshake type 24): the next records use the peer's next key; the
+        // kernel decrypts nothing more until it has it.
         record_type::HANDSHAKE => match post_handshake(&buf[..n]) {
-            Ok(()) => Ok(Record::Skipped),
+            Ok(None) => Ok(Record::Skipped),
+            Ok(Some(requested)) => keys.follow_key_update(fd, requested).map(|()| Record::Skipped),
             Err(e) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
         },
         other => Err(io::Error::new(io::ErrorKind::InvalidData, KtlsClosed::UnknownRecord(other))),
     }
 }
 
-/// Checks the handshake messages of one post-handshake record: only NewSessionTickets (type 4)
-/// may be dropped. A TLS 1.3 KeyUpdate (type 24) means the next records use a key lbd does not
-/// derive on offloaded connections, so it is ended before any byte could be misread.
-fn post_handshake(mut record: &[u8]) -> Result<(), KtlsClosed> {
+/// Checks the handshake messages of one post-handshake record: NewSessionTickets (type 4) may be
+/// dropped; a TLS 1.3 KeyUpdate (type 24) must be the record's last message (the key changes
+/// after it) and gives whether the peer asked for an update in return (`Some(requested)`).
+fn post_handshake(mut record: &[u8]) -> Result<Option<bool>, KtlsClosed> {
     if record.is_empty() {
         return Err(KtlsClosed::UnexpectedHandshake(0));
     }
     while !record.is_empty() {
         let kind = record[0];
-        if kind == 24 {
-            return Err(KtlsClosed::KeyUpdate);
-        }
         let len = match record {
             [_, a, b, c, ..] => usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c),
             _ => return Err(KtlsClosed::UnexpectedHandshake(kind)),
         };
-        if kind != 4 || record.len() < 4 + len {
+        if record.len() < 4 + len {
             return Err(KtlsClosed::UnexpectedHandshake(kind));
         }
-        record = &record[4 + len..];
+        let (body, rest) = record[4..].split_at(len);
+        match (kind, body) {
+            (4, _) => {}
+            (24, [request @ (0 | 1)]) if rest.is_empty() => return Ok(Some(*request == 1)),
+            _ => return Err(KtlsClosed::UnexpectedHandshake(kind)),
+        }
+        record = rest;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A TCP socket whose TLS record layer runs in the kernel.
@@ -132,19 +139,25 @@ impl KtlsStream {
         &self.budget
     }
 
-    /// Sends at most what the record budget allows of `len` bytes (`send` gets that length):
-    /// `Err(KtlsClosed::RecordLimit)` once it allows nothing, after a close_notify and FIN (best
-    /// effort: a full send buffer leaves only the FIN).
+    /// Sends at most what the record budget allows of `len` bytes (`send` gets that length),
+    /// after renewing the key where that is due: `Err(KtlsClosed::RecordLimit)` once the budget
+    /// allows nothing and the key cannot be renewed, after a close_notify and FIN (best effort:
+    /// a full send buffer leaves only the FIN).
     fn poll_send(&mut self, cx: &mut Context<'_>, len: usize, send: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>, usize) -> Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
-        let allowed = match self.budget.allowed(len) {
-            Ok(n) => n,
-            Err(e) => {
-                if !self.close_notify_sent {
-                    self.close_notify_sent = true;
-                    let _ = send_close_notify(self.io.as_raw_fd());
-                    let _ = socket2::SockRef::from(&self.io).shutdown(std::net::Shutdown::Write);
+        let fd = self.io.as_raw_fd();
+        let allowed = loop {
+            // The budget may first renew the key, which sends a KeyUpdate.
+            match self.io.try_io(Interest::WRITABLE, || self.budget.before_send(fd, len)) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(self.io.poll_write_ready(cx))?,
+                Err(e) => {
+                    if !self.close_notify_sent {
+                        self.close_notify_sent = true;
+                        let _ = send_close_notify(fd);
+                        let _ = socket2::SockRef::from(&self.io).shutdown(std::net::Shutdown::Write);
+                    }
+                    return Poll::Ready(Err(e));
                 }
-                return Poll::Ready(Err(e));
             }
         };
         let sent = ready!(send(Pin::new(&mut self.io), cx, allowed))?;
@@ -175,7 +188,7 @@ impl AsyncRead for KtlsStream {
             ready!(this.io.poll_read_ready(cx))?;
             // SAFETY: only the kernel writes into the unfilled part, and only initialised bytes.
             let dst = unsafe { buf.unfilled_mut() };
-            match this.io.try_io(Interest::READABLE, || read_record(fd, dst)) {
+            match this.io.try_io(Interest::READABLE, || read_record(fd, dst, &this.budget)) {
                 Ok(Record::Data(n)) => {
                     // SAFETY: read_record reported n bytes written at the start of the unfilled part.
                     unsafe { buf.assume_init(n) };
@@ -245,7 +258,7 @@ pub fn send_close_notify(fd: std::os::fd::RawFd) -> io::Result<()> {
 pub enum PeerStream {
     Ktls(KtlsStream),
     /// A client connection whose records stay in rustls.
-    Rustls(Box<tokio_rustls::server::TlsStream<RecordReader<TcpStream>>>),
+    Rustls(Box<ServerTls>),
     /// A member connection whose records stay in rustls.
     RustlsClient(Box<tokio_rustls::client::TlsStream<RecordReader<TcpStream>>>),
     Plain(TcpStream),
@@ -277,7 +290,7 @@ impl PeerStream {
     pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let held = match self {
             PeerStream::Ktls(k) => !k.prefix.is_empty(),
-            PeerStream::Rustls(s) => !s.get_ref().1.wants_read() || s.get_ref().0.has_buffered(),
+            PeerStream::Rustls(s) => s.has_buffered(),
             PeerStream::RustlsClient(s) => !s.get_ref().1.wants_read() || s.get_ref().0.has_buffered(),
             PeerStream::Plain(_) => false,
         };
@@ -291,7 +304,7 @@ impl PeerStream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             PeerStream::Ktls(k) => k.tcp(),
-            PeerStream::Rustls(s) => s.get_ref().0.get_ref(),
+            PeerStream::Rustls(s) => s.tcp(),
             PeerStream::RustlsClient(s) => s.get_ref().0.get_ref(),
             PeerStream::Plain(t) => t,
         }
@@ -369,11 +382,13 @@ mod tests {
     }
 
     #[test]
-    fn new_session_tickets_are_skipped_key_updates_and_others_end_the_connection() {
-        assert_eq!(post_handshake(&message(4, 180)), Ok(()));
-        assert_eq!(post_handshake(&[message(4, 100), message(4, 90)].concat()), Ok(()));
-        assert_eq!(post_handshake(&message(24, 1)), Err(KtlsClosed::KeyUpdate));
-        assert_eq!(post_handshake(&[message(4, 10), message(24, 1)].concat()), Err(KtlsClosed::KeyUpdate));
+    fn new_session_tickets_are_skipped_key_updates_read_others_end_the_connection() {
+        assert_eq!(post_handshake(&message(4, 180)), Ok(None));
+        assert_eq!(post_handshake(&[message(4, 100), message(4, 90)].concat()), Ok(None));
+        assert_eq!(post_handshake(&[24, 0, 0, 1, 0]), Ok(Some(false)));
+        assert_eq!(post_handshake(&[message(4, 10), vec![24, 0, 0, 1, 1]].concat()), Ok(Some(true)));
+        assert_eq!(post_handshake(&[24, 0, 0, 1, 2]), Err(KtlsClosed::UnexpectedHandshake(24)), "not a KeyUpdateRequest value");
+        assert_eq!(post_handshake(&[vec![24, 0, 0, 1, 0], message(4, 10)].concat()), Err(KtlsClosed::UnexpectedHandshake(24)), "a message after the KeyUpdate");
         assert_eq!(post_handshake(&message(13, 5)), Err(KtlsClosed::UnexpectedHandshake(13)));
         assert_eq!(post_handshake(&message(4, 10)[..8]), Err(KtlsClosed::UnexpectedHandshake(4)), "truncated");
         assert_eq!(post_handshake(&[]), Err(KtlsClosed::UnexpectedHandshake(0)));

@@ -1,0 +1,586 @@
+//! A client connection's TLS on rustls' unbuffered API: the handshake, then, where the records
+//! stay in userspace, the connection as an `AsyncRead + AsyncWrite` stream.
+//!
+//! lbd owns the buffers: TLS bytes read from the socket, records waiting to be written, and
+//! decrypted application data not yet read. They are freed once drained while the peer is
+//! quiet, so an idle connection holds rustls' state only (the buffered API keeps a 4 KiB read
+//! buffer for each connection's life). After the handshake rustls hands over the keys together
+//! with the key schedule (`dangerous_into_kernel_connection`, which only its unbuffered API
+//! offers), so that offloaded connections can follow and make TLS 1.3 key updates
+//! ([`super::rekey`]).
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::BufMut;
+use rustls::ServerConfig;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+const HEADER_LEN: usize = 5;
+/// The largest TLS record payload.
+const MAX_RECORD: usize = 16 * 1024;
+/// The most plaintext encrypted by one write.
+const MAX_WRITE: usize = 4 * MAX_RECORD;
+/// One read's size while the peer does not stream: a whole record of the largest size.
+const READ_SIZE: usize = HEADER_LEN + MAX_RECORD + 256;
+/// One read's size while the peer streams (the last read filled what it asked for): fewer
+/// `recvfrom` calls for uploads.
+const READ_AHEAD: usize = 256 * 1024;
+
+/// A TLS server connection whose records rustls processes in userspace.
+pub struct ServerTls {
+    io: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// TLS bytes read from the socket; `incoming[start..]` are not processed yet.
+    incoming: Vec<u8>,
+    start: usize,
+    /// Records to be sent; `outgoing[sent..filled]` are not written to the socket yet.
+    outgoing: Vec<u8>,
+    sent: usize,
+    filled: usize,
+    /// Decrypted application data; `plain[read..]` is not read yet.
+    plain: Vec<u8>,
+    read: usize,
+    /// Small slices of a vectored write, gathered into one record.
+    gather: Vec<u8>,
+    /// Reads stop at record boundaries (the handshake, when the kernel may take the records).
+    corked: bool,
+    /// The last read filled what it asked for: the peer is streaming.
+    streaming: bool,
+    /// close_notify or TCP EOF from the peer.
+    peer_closed: bool,
+    close_queued: bool,
+}
+
+/// What a caller wants from one round of rustls processing.
+enum Intent<'a, 'b> {
+    /// Application data, into this buffer first (the rest is kept).
+    Read(Option<&'a mut ReadBuf<'b>>),
+    /// Encrypt (a prefix of) these bytes.
+    Write(&'a [u8]),
+    /// Queue close_notify.
+    Close,
+}
+
+/// Where one round of rustls processing stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// A record of application data was decrypted.
+    Data,
+    /// rustls needs more bytes from the peer to go on with the handshake.
+    Input,
+    /// The handshake is complete and every record read is processed.
+    Established,
+    /// This many bytes of the write were encrypted (or close_notify queued: 0).
+    Written(usize),
+    /// Both sides sent close_notify.
+    Closed,
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Runs the server handshake on `tcp`; while `corked`, nothing past the client's last
+/// handshake record is read, so the kernel can take the records that follow. Returns the
+/// connection and the server name the client asked for (for logs).
+pub async fn handshake(tcp: TcpStream, config: Arc<ServerConfig>, corked: bool) -> io::Result<(ServerTls, Option<String>)> {
+    let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    let mut tls = ServerTls {
+        io: tcp,
+        conn,
+        incoming: Vec::new(),
+        start: 0,
+        outgoing: Vec::new(),
+        sent: 0,
+        filled: 0,
+        plain: Vec::new(),
+        read: 0,
+        gather: Vec::new(),
+        corked,
+        streaming: false,
+        peer_closed: false,
+        close_queued: false,
+    };
+    let mut sni = None;
+    let mut hello_seen = false;
+    loop {
+        let next = match tls.drive(Intent::Read(None)) {
+            Ok(next) => next,
+            Err(e) => {
+                // rustls queued an alert for the client: encode it and send what fits now.
+                let _ = tls.drive(Intent::Read(None));
+                let _ = poll_fn(|cx| Poll::Ready(tls.poll_send(cx))).await;
+                return Err(e);
+            }
+        };
+        // The server's flights (and, at the end, TLS 1.3 session tickets) leave before more is read.
+        poll_fn(|cx| tls.poll_send(cx)).await?;
+        match next {
+            Next::Established => break,
+            Next::Closed => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection during the handshake")),
+            Next::Data | Next::Input | Next::Written(_) => {}
+        }
+        if tls.peer_closed {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection during the handshake"));
+        }
+        if next == Next::Input {
+            poll_fn(|cx| tls.poll_fill(cx)).await?;
+            // The ClientHello, once its record is whole (before rustls processes it).
+            if !hello_seen && let Some(record) = tls.first_record() {
+                hello_seen = true;
+                sni = client_hello_sni(record);
+            }
+        }
+    }
+    tls.release_idle_buffers();
+    Ok((tls, sni))
+}
+
+impl ServerTls {
+    pub fn tcp(&self) -> &TcpStream {
+        &self.io
+    }
+
+    /// The rustls connection (negotiated version, suite, ALPN, client certificates).
+    pub fn connection(&self) -> &UnbufferedServerConnection {
+        &self.conn
+    }
+
+    /// True when no TLS byte past the processed records was read: everything that follows is
+    /// still in the socket, so the kernel can take over.
+    pub fn at_record_boundary(&self) -> bool {
+        self.start == self.incoming.len() && self.sent == self.filled
+    }
+
+    /// True when decrypted data or unprocessed TLS bytes are waiting (so the socket's
+    /// readiness alone does not say whether there is something to read).
+    pub fn has_buffered(&self) -> bool {
+        self.read < self.plain.len() || self.start < self.incoming.len()
+    }
+
+    /// Reads as much as the peer sends from now on (the records stay in userspace).
+    pub fn uncork(&mut self) {
+        self.corked = false;
+    }
+
+    /// The socket, the connection and the application data already decrypted (to be served
+    /// first), for the hand-over to the kernel (at a record boundary).
+    pub fn into_parts(self) -> (TcpStream, UnbufferedServerConnection, Vec<u8>) {
+        let mut plain = self.plain;
+        plain.drain(..self.read);
+        (self.io, self.conn, plain)
+    }
+
+    /// Frees the buffers that hold nothing (the connection waits for its peer).
+    fn release_idle_buffers(&mut self) {
+        if self.start == self.incoming.len() {
+            (self.incoming, self.start) = (Vec::new(), 0);
+        }
+        if self.sent == self.filled {
+            (self.outgoing, self.sent, self.filled) = (Vec::new(), 0, 0);
+        }
+        if self.read == self.plain.len() {
+            (self.plain, self.read) = (Vec::new(), 0);
+        }
+        self.gather = Vec::new();
+    }
+
+    /// Runs rustls over the unprocessed TLS bytes until it stops for `intent`: decrypted data
+    /// goes to the caller's buffer (what does not fit, and all of it for other intents, to
+    /// `plain`); handshake records, alerts and encrypted data to `outgoing`, in order.
+    fn drive(&mut self, mut intent: Intent<'_, '_>) -> io::Result<Next> {
+        let ServerTls { conn, incoming, start, outgoing, filled, plain, read, peer_closed, .. } = self;
+        loop {
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut incoming[*start..]);
+            let next = match state {
+                Err(e) => {
+                    *start += discard;
+                    return Err(tls_error(e));
+                }
+                Ok(ConnectionState::ReadTraffic(mut records)) => {
+                    let mut extra = 0;
+                    while let Some(record) = records.next_record() {
+                        let record = record.map_err(tls_error)?;
+                        extra += record.discard;
+                        let mut payload = record.payload;
+                        if let Intent::Read(Some(buf)) = &mut intent
+                            && *read == plain.len()
+                        {
+                            let n = buf.remaining().min(payload.len());
+                            buf.put_slice(&payload[..n]);
+                            payload = &payload[n..];
+                        }
+                        if *read == plain.len() {
+                            plain.clear();
+                            *read = 0;
+                        }
+                        plain.extend_from_slice(payload);
+                    }
+                    *start += extra;
+                    matches!(intent, Intent::Read(_)).then_some(Next::Data)
+                }
+                Ok(ConnectionState::EncodeTlsData(mut record)) => {
+                    encode(&mut record, outgoing, filled)?;
+                    None
+                }
+                // `outgoing` is written in order, before anything queued after this.
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    transmit.done();
+                    None
+                }
+                Ok(ConnectionState::BlockedHandshake) => Some(Next::Input),
+                Ok(ConnectionState::PeerClosed) => {
+                    *peer_closed = true;
+                    None
+                }
+                Ok(ConnectionState::Closed) => Some(Next::Closed),
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => match &intent {
+                    Intent::Read(_) => Some(Next::Established),
+                    Intent::Write(data) => Some(Next::Written(encrypt(&mut traffic, data, outgoing, filled)?)),
+                    Intent::Close => {
+                        close_notify(&mut traffic, outgoing, filled)?;
+                        Some(Next::Written(0))
+                    }
+                },
+                // lbd's server configurations accept no early data.
+                Ok(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected TLS state (early data?)")),
+            };
+            *start += discard;
+            if let Some(next) = next {
+                return Ok(next);
+            }
+        }
+    }
+
+    /// Reads from the socket into `incoming`: up to the end of the current record while
+    /// corked, otherwise a record's worth, or more while the peer streams. Sets `peer_closed`
+    /// at TCP EOF.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.start > 0 {
+            self.incoming.drain(..self.start);
+            self.start = 0;
+        }
+        let want = match (self.corked, self.streaming) {
+            (true, _) => self.to_record_end(),
+            (false, false) => READ_SIZE,
+            (false, true) => READ_AHEAD,
+        };
+        self.incoming.reserve(want);
+        loop {
+            ready!(self.io.poll_read_ready(cx))?;
+            // Into the spare capacity: nothing is zeroed first.
+            match self.io.try_read_buf(&mut (&mut self.incoming).limit(want)) {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(n) => {
+                    self.streaming = !self.corked && n == want;
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Bytes missing to the end of the record being read (its header first): the first one not
+    /// whole (records of a handshake message that spans several stay until it is whole).
+    fn to_record_end(&self) -> usize {
+        let mut at = self.start;
+        loop {
+            let have = self.incoming.len() - at;
+            if have < HEADER_LEN {
+                return HEADER_LEN - have;
+            }
+            let len = usize::from(u16::from_be_bytes([self.incoming[at + 3], self.incoming[at + 4]]));
+            if have < HEADER_LEN + len {
+                return HEADER_LEN + len - have;
+            }
+            at += HEADER_LEN + len;
+        }
+    }
+
+    /// The first unprocessed record, if it is whole.
+    fn first_record(&self) -> Option<&[u8]> {
+        let rest = &self.incoming[self.start..];
+        let len = usize::from(u16::from_be_bytes([*rest.get(3)?, *rest.get(4)?]));
+        rest.get(..HEADER_LEN + len)
+    }
+
+    /// Writes `outgoing` to the socket; ready once all of it is written.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.filled {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.outgoing[self.sent..self.filled]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        (self.sent, self.filled) = (0, 0);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Encrypts (a prefix of) `data` once the records before it are written, and sends it.
+    fn poll_encrypt(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        ready!(self.poll_send(cx))?;
+        let n = match self.drive(Intent::Write(data))? {
+            Next::Written(n) => n,
+            Next::Closed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            other => return Poll::Ready(Err(io::Error::other(format!("cannot write application data ({other:?})")))),
+        };
+        // What the socket does not take now leaves with the next write or flush.
+        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// Appends one handshake or alert record rustls produced to `out[..*filled]`.
+fn encode(record: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>, filled: &mut usize) -> io::Result<()> {
+    let need = match record.encode(&mut []) {
+        Ok(_) => return Ok(()),
+        Err(EncodeError::InsufficientSize(s)) => s.required_size,
+        Err(e) => return Err(io::Error::other(e)),
+    };
+    grow(out, *filled + need);
+    *filled += record.encode(&mut out[*filled..*filled + need]).map_err(io::Error::other)?;
+    Ok(())
+}
+
+/// Encrypts up to `MAX_WRITE` bytes of `data` into `out[..*filled]`; the count encrypted.
+fn encrypt(traffic: &mut WriteTraffic<'_, ServerConnectionData>, data: &[u8], out: &mut Vec<u8>, filled: &mut usize) -> io::Result<usize> {
+    let data = &data[..data.len().min(MAX_WRITE)];
+    if data.is_empty() {
+        return Ok(0);
+    }
+    let need = match traffic.encrypt(data, &mut []) {
+        Ok(_) => 0,
+        Err(EncryptError::InsufficientSize(s)) => s.required_size,
+        Err(e) => return Err(io::Error::other(e)),
+    };
+    grow(out, *filled + need);
+    *filled += traffic.encrypt(data, &mut out[*filled..*filled + need]).map_err(io::Error::other)?;
+    Ok(data.len())
+}
+
+fn close_notify(traffic: &mut WriteTraffic<'_, ServerConnectionData>, out: &mut Vec<u8>, filled: &mut usize) -> io::Result<()> {
+    let need = match traffic.queue_close_notify(&mut []) {
+        Ok(_) => return Ok(()),
+        Err(EncryptError::InsufficientSize(s)) => s.required_size,
+        Err(e) => return Err(io::Error::other(e)),
+    };
+    grow(out, *filled + need);
+    *filled += traffic.queue_close_notify(&mut out[*filled..*filled + need]).map_err(io::Error::other)?;
+    Ok(())
+}
+
+/// Makes `buf` at least `len` long (new bytes zeroed once; the length is kept between uses).
+fn grow(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+}
+
+impl AsyncRead for ServerTls {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.read < this.plain.len() {
+                let n = buf.remaining().min(this.plain.len() - this.read);
+                buf.put_slice(&this.plain[this.read..this.read + n]);
+                this.read += n;
+                return Poll::Ready(Ok(()));
+            }
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            match this.drive(Intent::Read(Some(buf)))? {
+                Next::Data if buf.filled().len() > before => return Poll::Ready(Ok(())),
+                Next::Data => continue,
+                Next::Closed => return Poll::Ready(Ok(())),
+                Next::Input | Next::Established | Next::Written(_) => {}
+            }
+            // Records rustls queued while reading (a KeyUpdate answer, an alert) go out now,
+            // without waiting for room.
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if this.peer_closed {
+                // Everything read is processed: end of stream.
+                return Poll::Ready(Ok(()));
+            }
+            if this.poll_fill(cx)?.is_pending() {
+                // The peer is quiet: keep no empty buffers while waiting.
+                this.release_idle_buffers();
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ServerTls {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_encrypt(cx, buf)
+    }
+
+    /// Writes of a large first slice are encrypted straight from it; smaller slices are
+    /// gathered into one record (a response head and the start of its body).
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut slices = bufs.iter().filter(|b| !b.is_empty());
+        let Some(first) = slices.next() else { return Poll::Ready(Ok(0)) };
+        if first.len() >= MAX_RECORD || bufs.len() == 1 {
+            return this.poll_encrypt(cx, first);
+        }
+        let mut gather = std::mem::take(&mut this.gather);
+        gather.clear();
+        for b in std::iter::once(first).chain(slices) {
+            let n = (MAX_RECORD - gather.len()).min(b.len());
+            gather.extend_from_slice(&b[..n]);
+            if gather.len() == MAX_RECORD {
+                break;
+            }
+        }
+        let written = this.poll_encrypt(cx, &gather);
+        this.gather = gather;
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    /// Sends close_notify, then FIN.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_queued {
+            ready!(this.poll_send(cx))?;
+            this.close_queued = true;
+            match this.drive(Intent::Close) {
+                Ok(_) => {}
+                // The connection failed or is closed: nothing left to notify.
+                Err(_) => return Pin::new(&mut this.io).poll_shutdown(cx),
+            }
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+/// The server name (SNI) a ClientHello at the start of `bytes` asks for, for logs; `None` if
+/// it sent none or the first record does not hold the extension.
+fn client_hello_sni(bytes: &[u8]) -> Option<String> {
+    let mut hello = Reader(bytes.get(HEADER_LEN..)?);
+    if hello.u8()? != 1 {
+        return None;
+    }
+    // Handshake length, legacy version, random, session id, cipher suites, compression methods.
+    hello.take(3 + 2 + 32)?;
+    let n = hello.u8()?;
+    hello.take(n.into())?;
+    let n = hello.u16()?;
+    hello.take(n.into())?;
+    let n = hello.u8()?;
+    hello.take(n.into())?;
+    let n = hello.u16()?;
+    let mut extensions = Reader(hello.take(n.into())?);
+    while let (Some(kind), Some(len)) = (extensions.u16(), extensions.u16()) {
+        let body = extensions.take(len.into())?;
+        if kind == 0 {
+            let mut list = Reader(body);
+            let n = list.u16()?;
+            let mut names = Reader(list.take(n.into())?);
+            while let Some(name_type) = names.u8() {
+                let n = names.u16()?;
+                let name = names.take(n.into())?;
+                if name_type == 0 {
+                    return std::str::from_utf8(name).ok().map(str::to_string);
+                }
+            }
+            return None;
+        }
+    }
+    None
+}
+
+/// Reads big-endian fields off the front of a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello record with the given extensions (type, body).
+    fn client_hello(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut ext = Vec::new();
+        for (kind, body) in extensions {
+            ext.extend_from_slice(&kind.to_be_bytes());
+            ext.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            ext.extend_from_slice(body);
+        }
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7; 32]);
+        body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![1, 0, (body.len() >> 8) as u8, body.len() as u8];
+        hs.extend_from_slice(&body);
+        let mut record = vec![22, 3, 1, (hs.len() >> 8) as u8, hs.len() as u8];
+        record.extend_from_slice(&hs);
+        record
+    }
+
+    fn sni_extension(name: &str) -> (u16, Vec<u8>) {
+        let mut entry = vec![0, 0, name.len() as u8];
+        entry.extend_from_slice(name.as_bytes());
+        let mut body = (entry.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(&entry);
+        (0, body)
+    }
+
+    #[test]
+    fn the_server_name_is_read_from_the_client_hello() {
+        assert_eq!(client_hello_sni(&client_hello(&[(10, vec![0, 2, 0, 29]), sni_extension("a.example")])).as_deref(), Some("a.example"));
+        assert_eq!(client_hello_sni(&client_hello(&[(10, vec![0, 2, 0, 29])])), None, "no SNI extension");
+        let full = client_hello(&[sni_extension("a.example")]);
+        for cut in 0..full.len() {
+            assert_eq!(client_hello_sni(&full[..cut]), None, "truncated at {cut}");
+        }
+        assert_eq!(client_hello_sni(&[23, 3, 3, 0, 1, 0]), None, "not a handshake message");
+    }
+}
