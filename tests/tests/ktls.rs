@@ -90,6 +90,13 @@ async fn assert_offloaded(before: &TlsStat, conns: i64) -> BTreeMap<String, i64>
     delta
 }
 
+/// lbd's kTLS policy on this kernel, as if it could not take new keys (kernels before 6.14).
+fn without_key_updates() -> OffloadPolicy {
+    let mut capabilities = offload::probe();
+    capabilities.key_updates = false;
+    OffloadPolicy::probe_with(capabilities)
+}
+
 /// Waits (generously: the guest is emulated) until `cond` holds.
 async fn eventually(what: &str, cond: impl Fn() -> bool) {
     for _ in 0..600 {
@@ -405,7 +412,8 @@ async fn control_records_after_offload_end_connections_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (backend, mut reports) = bulk::raw_backend().await;
     let tls = tls_with(dir.path(), vec![], &[]);
-    let (daemon, port) = serve(Daemon::start(KtlsMode::Auto), &[backend], tls, PoolProtocol::Tcp).await;
+    // Key updates are followed only on kernels that take new keys: here, as on those before 6.14.
+    let (daemon, port) = serve(Daemon::start_with(without_key_updates()), &[backend], tls, PoolProtocol::Tcp).await;
     let before = TlsStat::now();
     let closed = |reason: &str| metric(&daemon.metrics.encode(), &format!(r#"lb_ktls_closed_total{{reason="{reason}"}}"#));
 
@@ -430,8 +438,8 @@ async fn control_records_after_offload_end_connections_cleanly() {
     eventually("the alert to be counted", || closed("alert") == 1.0).await;
     drop(tcp);
 
-    // A TLS 1.3 KeyUpdate from the client: lbd does not follow it on an offloaded connection, so
-    // it ends the connection; what came before arrives intact, nothing after it is forwarded.
+    // A TLS 1.3 KeyUpdate from the client where the kernel cannot take the next key: lbd ends
+    // the connection; what came before arrives intact, nothing after it is forwarded.
     let mut tls = raw_session(port, 1000).await;
     tls.get_mut().1.refresh_traffic_keys().unwrap();
     bulk::write_stream(&mut tls, 4242, 5000).await.unwrap();
@@ -444,6 +452,109 @@ async fn control_records_after_offload_end_connections_cleanly() {
 
     // Three lbd sockets, plus the client socket that sent the alert through its own kTLS.
     assert_offloaded(&before, 4).await;
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length from `tls`: its head, and its body checked
+/// as stream `seed`.
+async fn read_response(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, seed: u64) -> (String, bulk::Verifier) {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tls.read(&mut byte).await.unwrap(), 1, "the connection ended inside a response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let len: u64 = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).expect("a content-length");
+    let mut v = bulk::Verifier::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    while v.received < len {
+        let want = buf.len().min((len - v.received) as usize);
+        let n = tls.read(&mut buf[..want]).await.unwrap();
+        assert!(n > 0, "the connection ended inside a body after {} of {len} bytes", v.received);
+        v.update(&buf[..n]);
+    }
+    (head, v)
+}
+
+/// TLS 1.3 key updates on offloaded client connections, where the kernel takes new keys (Linux
+/// 6.14+; `cargo xtask vm-test` runs this on Debian's newest backports kernel with
+/// `LB_REQUIRE_KEY_UPDATES=1`). The client asks for a key update mid-stream: lbd installs the
+/// client's next key and sends its own KeyUpdate before its next record. And lbd renews its
+/// transmit key whenever the record budget (64 records here) runs out. In raw (splice) and HTTP
+/// modes every byte arrives intact and no connection is ended. On older kernels such connections
+/// end cleanly instead (`control_records_after_offload_end_connections_cleanly`,
+/// `offloaded_connections_end_cleanly_before_their_record_limit`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn key_updates_renew_offloaded_keys_in_both_directions() {
+    let _serial = serial().await;
+    // A policy (and so a set of counters) per daemon.
+    let policy = || OffloadPolicy { record_limit: Some(64), ..OffloadPolicy::probe() };
+    if !policy().capabilities.key_updates {
+        assert!(std::env::var_os("LB_REQUIRE_KEY_UPDATES").is_none(), "LB_REQUIRE_KEY_UPDATES is set but this kernel takes no new kTLS keys");
+        println!("this kernel takes no new kTLS keys: connections end instead (tested by the two tests named above)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let before = TlsStat::now();
+    let counts = |d: &Daemon| {
+        let m = d.metrics.encode();
+        (metric(&m, "lb_ktls_key_updates_sent_total"), metric(&m, "lb_ktls_key_updates_received_total"), lb_tests::metric_sum(&m, "lb_ktls_closed_total{"))
+    };
+    let cfg = client::config(&[&rustls::version::TLS13], Some(vec![cs::TLS13_AES_128_GCM_SHA256]), &[]);
+    let want = 4u64 << 20;
+
+    // Raw mode: a 300 kB upload with a key update asked for after its first 100 kB, and a 4 MiB
+    // download (256 records: the transmit key is renewed about every 56).
+    let (backend, mut reports) = bulk::raw_backend().await;
+    let (daemon, port) = serve(Daemon::start_with(policy()), &[backend], tls_with(dir.path(), vec![], &[]), PoolProtocol::Tcp).await;
+    let mut upload = vec![0u8; 300_000];
+    bulk::fill(42, 0, &mut upload);
+    let mut tls = client::connect(port, "a.example", cfg.clone()).await.unwrap();
+    tls.write_all(&bulk::raw_header(want, 42)).await.unwrap();
+    tls.write_all(&upload[..100_000]).await.unwrap();
+    tls.flush().await.unwrap();
+    tls.get_mut().1.refresh_traffic_keys().unwrap();
+    tls.write_all(&upload[100_000..]).await.unwrap();
+    tls.shutdown().await.unwrap();
+    let download = bulk::read_stream(&mut tls, 43).await.expect("the download ends with close_notify");
+    assert_eq!(download.verdict(), format!("ok {want}"));
+    let report = reports.recv().await.unwrap();
+    assert_eq!((report.upload.as_str(), report.error.as_deref()), ("ok 300000", None));
+    let (sent, received, closed) = counts(&daemon);
+    println!("raw mode: {sent} KeyUpdates sent, {received} received");
+    assert_eq!(received, 1.0);
+    assert!(sent >= 4.0, "{sent} KeyUpdates sent for 256 records under a 64-record budget");
+    assert_eq!(closed, 0.0);
+
+    // HTTP mode: two 4 MiB responses on one keep-alive connection, a key update asked for
+    // between them.
+    let (daemon, port) = serve(Daemon::start_with(policy()), &[bulk::http_backend().await], tls_with(dir.path(), vec![], &[]), PoolProtocol::Http).await;
+    let mut tls = client::connect(port, "a.example", cfg.clone()).await.unwrap();
+    for round in 0..2 {
+        if round == 1 {
+            tls.get_mut().1.refresh_traffic_keys().unwrap();
+        }
+        tls.write_all(format!("GET /bytes?n={want}&seed=7 HTTP/1.1\r\nHost: a.example\r\n\r\n").as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut tls, 7).await;
+        assert!(head.starts_with("http/1.1 200") && !head.contains("connection: close"), "{head}");
+        assert_eq!(body.verdict(), format!("ok {want}"));
+    }
+    let (sent, received, closed) = counts(&daemon);
+    println!("HTTP mode: {sent} KeyUpdates sent, {received} received");
+    assert_eq!(received, 1.0);
+    assert!(sent >= 8.0, "{sent} KeyUpdates sent for 512 records under a 64-record budget");
+    assert_eq!(closed, 0.0);
+    drop(tls);
+
+    // The kernel's own counters: both sockets renewed their keys, nothing failed.
+    let delta = TlsStat::now().since(&before);
+    println!("tls_stat delta: {delta:?}");
+    assert_eq!(delta.get("TlsRxRekeyOk"), Some(&2), "{delta:?}");
+    assert!(delta.get("TlsTxRekeyOk").is_some_and(|n| *n >= 12), "{delta:?}");
+    for failed in ["TlsTxRekeyError", "TlsRxRekeyError", "TlsDecryptError"] {
+        assert_eq!(delta.get(failed), None, "{delta:?}");
+    }
 }
 
 /// lbd proxying HTTP over TLS 1.3 with `--ktls-rx-expect-no-pad` on or off for clients.
@@ -696,7 +807,9 @@ async fn offloaded_connections_end_cleanly_before_their_record_limit() {
     use lb_tests::pki::Ca;
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let limited = || Daemon::start_with(OffloadPolicy { record_limit: Some(64), ..OffloadPolicy::probe() });
+    // As on kernels that take no new keys (before 6.14): with them, keys are renewed instead
+    // (`key_updates_renew_offloaded_keys_in_both_directions`).
+    let limited = || Daemon::start_with(OffloadPolicy { record_limit: Some(64), ..without_key_updates() });
     let closed = |d: &Daemon| metric(&d.metrics.encode(), r#"lb_ktls_closed_total{reason="record_limit"}"#);
     let want = 4u64 << 20;
 

@@ -80,17 +80,30 @@ struct VmSuite {
     /// Extra test-harness arguments.
     extra: &'static [&'static str],
     kernel: GuestKernel,
+    /// The tests it runs when `vm-test` is given no filter (`None`: all of them).
+    filter: Option<&'static str>,
+    /// Environment for the run (requirements the tests check).
+    env: &'static [(&'static str, &'static str)],
 }
 
 /// Test binaries run in the guest. On the host their kTLS-dependent tests are `#[ignore]`d with
 /// the reason; the guest runs them with `--include-ignored`. The XDP suite runs one test at a
 /// time there: each test builds its own namespace topology and drives hundreds of connections,
 /// which two emulated vCPUs serve slowly. The kTLS suite runs a second time on Debian 13's
-/// kernel: kTLS and splice changed inside the kernel since 6.1.
+/// kernel (kTLS and splice changed inside the kernel since 6.1), and its key-update tests a third
+/// time on a kernel that takes new keys (the others check that the rest end such connections).
 const VM_SUITES: &[VmSuite] = &[
-    VmSuite { package: "lb-tests", target: "ktls", extra: &[], kernel: GuestKernel::Stable },
-    VmSuite { package: "lb-tests", target: "xdp", extra: &["--test-threads=1"], kernel: GuestKernel::Stable },
-    VmSuite { package: "lb-tests", target: "ktls", extra: &[], kernel: GuestKernel::Trixie },
+    VmSuite { package: "lb-tests", target: "ktls", extra: &[], kernel: GuestKernel::Stable, filter: None, env: &[] },
+    VmSuite { package: "lb-tests", target: "xdp", extra: &["--test-threads=1"], kernel: GuestKernel::Stable, filter: None, env: &[] },
+    VmSuite { package: "lb-tests", target: "ktls", extra: &[], kernel: GuestKernel::Trixie, filter: None, env: &[] },
+    VmSuite {
+        package: "lb-tests",
+        target: "ktls",
+        extra: &[],
+        kernel: GuestKernel::Backports,
+        filter: Some("key_update"),
+        env: &[("LB_REQUIRE_KEY_UPDATES", "1")],
+    },
 ];
 
 const APT_PACKAGES: &[&str] = &[
@@ -132,16 +145,20 @@ fn vm_test(args: &[String], timeout: Duration, only: Option<GuestKernel>) -> any
     // The suites start target/debug/lbd with the XDP object: both as the tree is now.
     build_lbd()?;
     let mut failed = 0;
-    for VmSuite { package, target, extra, kernel } in VM_SUITES.iter().filter(|s| only.is_none_or(|k| k == s.kernel)) {
+    for VmSuite { package, target, extra, kernel, filter, env: suite_env } in VM_SUITES.iter().filter(|s| only.is_none_or(|k| k == s.kernel)) {
         let exe = test_binary(package, target)?;
         // --show-output: the kernel counters each test observed end up in the log.
         let mut argv = vec![exe, "--include-ignored".to_string(), "--show-output".to_string()];
         argv.extend(extra.iter().map(|a| a.to_string()));
-        argv.extend(args.iter().cloned());
+        match filter {
+            Some(f) if args.is_empty() => argv.push(f.to_string()),
+            _ => argv.extend(args.iter().cloned()),
+        }
         // Test knobs (LB_BULK_BYTES, ...) pass through to the guest.
         let env: Vec<(String, String)> =
             std::env::vars().filter(|(k, _)| k.starts_with("LB_") && !k.starts_with("LB_VM")).collect();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend(suite_env.iter().copied());
         let code = vm::run_in_guest(&argv, &env, timeout, *kernel)?;
         eprintln!("xtask vm-test: {package} --test {target} ({kernel:?} kernel): exit {code}");
         if code != 0 {

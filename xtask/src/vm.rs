@@ -71,6 +71,9 @@ pub enum GuestKernel {
     /// the host's apt sources: kTLS and splice as kernels since 6.5 implement them
     /// (`MSG_SPLICE_PAGES` instead of `sendpage`), which operators on current Debian run.
     Trixie,
+    /// The newest kernel in Debian 13's backports (fetched the same way): one that takes new
+    /// kTLS keys on a live socket (TLS 1.3 key updates, Linux 6.14 and later).
+    Backports,
 }
 
 /// A Debian kernel unpacked in the cache: the image QEMU boots (the uncompressed vmlinux where
@@ -114,6 +117,7 @@ fn kernel(which: GuestKernel) -> anyhow::Result<Kernel> {
     match which {
         GuestKernel::Stable => stable_kernel(),
         GuestKernel::Trixie => mirror_kernel("trixie"),
+        GuestKernel::Backports => mirror_kernel("trixie-backports"),
     }
 }
 
