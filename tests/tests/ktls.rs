@@ -454,16 +454,23 @@ async fn control_records_after_offload_end_connections_cleanly() {
     assert_offloaded(&before, 4).await;
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length from `tls`: its head, and its body checked
-/// as stream `seed`.
-async fn read_response(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, seed: u64) -> (String, bulk::Verifier) {
+/// Reads an HTTP/1.1 response head from `tls`, lower-cased (`None`: the connection ended inside it).
+async fn read_head(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Option<String> {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
-        assert_eq!(tls.read(&mut byte).await.unwrap(), 1, "the connection ended inside a response head");
+        if tls.read(&mut byte).await.unwrap() != 1 {
+            return None;
+        }
         head.push(byte[0]);
     }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    Some(String::from_utf8(head).unwrap().to_ascii_lowercase())
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length from `tls`: its head, and its body checked
+/// as stream `seed`.
+async fn read_response(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, seed: u64) -> (String, bulk::Verifier) {
+    let head = read_head(tls).await.expect("the connection ended inside a response head");
     let len: u64 = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).expect("a content-length");
     let mut v = bulk::Verifier::new(seed);
     let mut buf = vec![0u8; 64 * 1024];
@@ -858,13 +865,7 @@ async fn offloaded_connections_end_cleanly_before_their_record_limit() {
     let mut answered = 0;
     loop {
         tls.write_all(b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n").await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            assert_eq!(tls.read(&mut byte).await.unwrap(), 1, "the connection ended inside a response head after {answered} responses");
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        let head = read_head(&mut tls).await.unwrap_or_else(|| panic!("the connection ended inside a response head after {answered} responses"));
         assert!(head.starts_with("http/1.1 200") && head.contains("content-length: 5"), "{head}");
         let mut body = [0u8; 5];
         tls.read_exact(&mut body).await.unwrap();

@@ -363,40 +363,47 @@ impl ServerTls {
 
 /// Appends one handshake or alert record rustls produced to `out[..*filled]`.
 fn encode(record: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>, filled: &mut usize) -> io::Result<()> {
-    let need = match record.encode(&mut []) {
-        Ok(_) => return Ok(()),
-        Err(EncodeError::InsufficientSize(s)) => s.required_size,
-        Err(e) => return Err(io::Error::other(e)),
+    let required = |e: &EncodeError| match e {
+        EncodeError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
     };
-    grow(out, *filled + need);
-    *filled += record.encode(&mut out[*filled..*filled + need]).map_err(io::Error::other)?;
-    Ok(())
+    append(out, filled, |buf| record.encode(buf), required)
 }
 
 /// Encrypts up to `MAX_WRITE` bytes of `data` into `out[..*filled]`; the count encrypted.
 fn encrypt(traffic: &mut WriteTraffic<'_, ServerConnectionData>, data: &[u8], out: &mut Vec<u8>, filled: &mut usize) -> io::Result<usize> {
     let data = &data[..data.len().min(MAX_WRITE)];
-    if data.is_empty() {
-        return Ok(0);
+    if !data.is_empty() {
+        append(out, filled, |buf| traffic.encrypt(data, buf), encrypt_required)?;
     }
-    let need = match traffic.encrypt(data, &mut []) {
-        Ok(_) => 0,
-        Err(EncryptError::InsufficientSize(s)) => s.required_size,
-        Err(e) => return Err(io::Error::other(e)),
-    };
-    grow(out, *filled + need);
-    *filled += traffic.encrypt(data, &mut out[*filled..*filled + need]).map_err(io::Error::other)?;
     Ok(data.len())
 }
 
 fn close_notify(traffic: &mut WriteTraffic<'_, ServerConnectionData>, out: &mut Vec<u8>, filled: &mut usize) -> io::Result<()> {
-    let need = match traffic.queue_close_notify(&mut []) {
+    append(out, filled, |buf| traffic.queue_close_notify(buf), encrypt_required)
+}
+
+fn encrypt_required(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
+/// Appends what `write` produces to `out[..*filled]`: asked with no room first, it says how much
+/// it needs (`required`), then it writes into that much.
+fn append<E: std::error::Error + Send + Sync + 'static>(
+    out: &mut Vec<u8>,
+    filled: &mut usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    required: impl Fn(&E) -> Option<usize>,
+) -> io::Result<()> {
+    let need = match write(&mut []) {
         Ok(_) => return Ok(()),
-        Err(EncryptError::InsufficientSize(s)) => s.required_size,
-        Err(e) => return Err(io::Error::other(e)),
+        Err(e) => required(&e).ok_or_else(|| io::Error::other(e))?,
     };
     grow(out, *filled + need);
-    *filled += traffic.queue_close_notify(&mut out[*filled..*filled + need]).map_err(io::Error::other)?;
+    *filled += write(&mut out[*filled..*filled + need]).map_err(io::Error::other)?;
     Ok(())
 }
 
