@@ -5,6 +5,7 @@
 //! - [`resolver`]: certificate choice by SNI.
 //! - [`server`]: a client connection's handshake and userspace records, on rustls' unbuffered
 //!   API (lbd's buffers; reads stop at record boundaries while the kernel may take over).
+//! - [`spare`]: large records buffers kept per thread between write bursts.
 //! - [`record`]: the same record-bounded reads for member connections (rustls' buffered API).
 //! - [`offload`]: kTLS probe and installation (the only `unsafe` code of the TLS path).
 //! - [`budget`]: an offloaded transmit key's record count, and its renewal.
@@ -22,6 +23,7 @@ pub mod record;
 pub mod rekey;
 pub mod resolver;
 pub mod server;
+pub mod spare;
 pub mod stream;
 pub mod client;
 pub mod peer;

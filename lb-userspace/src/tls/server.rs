@@ -23,6 +23,8 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptErr
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::spare;
+
 const HEADER_LEN: usize = 5;
 /// The largest TLS record payload.
 const MAX_RECORD: usize = 16 * 1024;
@@ -195,7 +197,8 @@ impl ServerTls {
     /// (`all`, after the handshake), or those grown past a small request's size. The records
     /// buffer, which is zeroed when it grows, is kept while a response streams through it (the
     /// reader waits between its writes): it goes once nothing was written since the last wait,
-    /// or, if it grew large, once the last write was not a full one (the burst ended).
+    /// or, if it grew large, once the last write was not a full one (the burst ended); a large
+    /// one goes to this thread's [`spare`] buffers, for the next burst.
     fn release_buffers(&mut self, all: bool) {
         let big = |v: &Vec<u8>| all || v.capacity() > 2 * READ_SIZE;
         if self.start == self.incoming.len() && big(&self.incoming) {
@@ -203,7 +206,8 @@ impl ServerTls {
         }
         let burst_over = !self.wrote || (self.outgoing.len() > 4 * MAX_RECORD && !self.writing_full);
         if self.sent == self.filled && (all || burst_over) {
-            (self.outgoing, self.sent, self.filled) = (Vec::new(), 0, 0);
+            spare::give(std::mem::take(&mut self.outgoing));
+            (self.sent, self.filled) = (0, 0);
         }
         self.wrote = false;
         if self.read == self.plain.len() && big(&self.plain) {
@@ -402,16 +406,24 @@ fn append<E: std::error::Error + Send + Sync + 'static>(
         Ok(_) => return Ok(()),
         Err(e) => required(&e).ok_or_else(|| io::Error::other(e))?,
     };
-    grow(out, *filled + need);
+    grow(out, *filled, *filled + need);
     *filled += write(&mut out[*filled..*filled + need]).map_err(io::Error::other)?;
     Ok(())
 }
 
-/// Makes `buf` at least `len` long (new bytes zeroed once; the length is kept between uses).
-fn grow(buf: &mut Vec<u8>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len, 0);
+/// Makes `buf` at least `len` long, keeping `buf[..filled]` (new bytes are zeroed once: the
+/// length is kept between uses, and a large buffer comes initialised from [`spare`]).
+fn grow(buf: &mut Vec<u8>, filled: usize, len: usize) {
+    if buf.len() >= len {
+        return;
     }
+    if len < spare::MIN_KEPT {
+        buf.resize(len, 0);
+        return;
+    }
+    let mut larger = spare::take(len);
+    larger[..filled].copy_from_slice(&buf[..filled]);
+    spare::give(std::mem::replace(buf, larger));
 }
 
 impl AsyncRead for ServerTls {
