@@ -1,13 +1,15 @@
 //! TLS-side hot spots: SNI certificate lookup among many names, PKCS#12 parsing (certificate
-//! upload and rotation), and record-bounded handshake reads versus the read-ahead reads after it.
+//! upload and rotation), and userspace TLS records between two of lbd's sessions over loopback.
 use std::process::Command;
 use std::sync::Arc;
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use lb_userspace::certs::{self, validate::certified_key};
-use lb_userspace::tls::record::RecordReader;
 use lb_userspace::tls::resolver::SniResolver;
-use tokio::io::AsyncReadExt;
+use lb_userspace::tls::session;
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn bundle(name: &str) -> lb_common::model::CertificateBundle {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -52,39 +54,45 @@ fn pkcs12(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// 1 MiB of 16 KiB records read record-bounded (as during a handshake) or uncorked (after it:
-/// read ahead up to 256 KiB at a time once a read fills the caller's buffer).
+/// A listener's session and a member session (both lbd's, [`session`]) over loopback TCP, one
+/// TLS 1.3 connection: 1 MiB each way per iteration, the data path's record handling (256 KiB
+/// writes cut into 16 KiB records, reads ahead while the peer streams), rustls' AES-128-GCM
+/// and the loopback system calls.
 fn records(c: &mut Criterion) {
-    let mut stream = Vec::new();
-    for _ in 0..64 {
-        stream.extend_from_slice(&[23, 3, 3, 0x40, 0x00]);
-        stream.extend(std::iter::repeat_n(0xAB, 16384));
-    }
-    let stream = Arc::new(stream);
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    for corked in [true, false] {
-        let name = if corked { "records_1mib_record_bounded_reads" } else { "records_1mib_uncorked_read_ahead" };
-        let stream = stream.clone();
-        c.bench_function(name, |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let mut r = RecordReader::new(&stream[..]);
-                    if !corked {
-                        r.uncork();
-                    }
-                    let mut buf = vec![0u8; 65536];
-                    let mut total = 0;
-                    loop {
-                        let n = r.read(&mut buf).await.unwrap();
-                        if n == 0 {
-                            break total;
-                        }
-                        total += n;
-                    }
-                })
-            })
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["s.example".to_string()]).unwrap().self_signed(&key).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let client_config = rustls::ClientConfig::builder_with_provider(provider).with_protocol_versions(&[&rustls::version::TLS13]).unwrap().with_root_certificates(roots).with_no_client_auth();
+    let (mut server, mut member) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let member = tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let conn = UnbufferedClientConnection::new(Arc::new(client_config), "s.example".try_into().unwrap()).unwrap();
+            session::handshake(tcp, conn, false).await.unwrap().0
         });
-    }
+        let (tcp, _) = listener.accept().await.unwrap();
+        let server = session::handshake(tcp, UnbufferedServerConnection::new(Arc::new(server_config)).unwrap(), false).await.unwrap().0;
+        (server, member.await.unwrap())
+    });
+    let data = vec![0xABu8; 1 << 20];
+    let mut buf = vec![0u8; 1 << 20];
+    c.bench_function("records_1mib_session_download", |b| {
+        b.iter(|| rt.block_on(async { tokio::join!(async { server.write_all(&data).await.unwrap(); server.flush().await.unwrap() }, member.read_exact(&mut buf)).1.unwrap() }))
+    });
+    c.bench_function("records_1mib_session_upload", |b| {
+        b.iter(|| rt.block_on(async { tokio::join!(async { member.write_all(&data).await.unwrap(); member.flush().await.unwrap() }, server.read_exact(&mut buf)).1.unwrap() }))
+    });
 }
 
 criterion_group!(benches, sni, pkcs12, records);

@@ -564,6 +564,61 @@ async fn key_updates_renew_offloaded_keys_in_both_directions() {
     }
 }
 
+/// Key updates on an offloaded member connection, both ways: lbd "A" under test opens TLS 1.3 to
+/// its member, a second lbd "B" that offloads it too, both with a 64-record budget. A 4 MiB
+/// upload and a 4 MiB download in raw mode (256 records each way on the member connection):
+/// A renews its transmit key towards B and follows B's KeyUpdates, B the other way round; no
+/// connection ends and every byte arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
+async fn member_key_updates_renew_offloaded_keys_in_both_directions() {
+    use lb_tests::pki::Ca;
+    let _serial = serial().await;
+    let policy = || OffloadPolicy { record_limit: Some(64), ..OffloadPolicy::probe() };
+    if !policy().capabilities.key_updates {
+        assert!(std::env::var_os("LB_REQUIRE_KEY_UPDATES").is_none(), "LB_REQUIRE_KEY_UPDATES is set but this kernel takes no new kTLS keys");
+        println!("this kernel takes no new kTLS keys: member connections are retired before their record limit instead (offloaded_connections_end_cleanly_before_their_record_limit)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "member ca");
+    let b_cert = ca.issue("member b", 2, &["127.0.0.1"]);
+    let (backend, mut reports) = bulk::raw_backend().await;
+    let (b, b_port) = serve(Daemon::start_with(policy()), &[backend], tls_settings(b_cert.bundle(), vec![]), PoolProtocol::Tcp).await;
+    let a = Daemon::start_with(policy());
+    let a_port = free_port();
+    let mut state = lb_tests::fixture::state(a_port, &[format!("127.0.0.1:{b_port}").parse().unwrap()], tls_with(dir.path(), vec![], &[]), PoolProtocol::Tcp);
+    state.load_balancers[0].pools[0].tls = Some(PoolTls {
+        ca_certificates: Some(vec![ca.der()]),
+        crls: vec![],
+        client_certificate: None,
+        server_name: None,
+        tls_versions: vec![TlsVersion::Tls13],
+        tls_ciphers: vec![],
+        alpn_protocols: vec![],
+    });
+    let report = a.apply(&state).await;
+    assert_eq!((report.listeners["l1"].clone(), report.pools["p1"].clone()), (Ok(()), Ok(())));
+
+    raw_up_and_down(a_port, 4 << 20, &mut reports).await;
+
+    let counts = |d: &Daemon| {
+        let m = d.metrics.encode();
+        assert_eq!(metric(&m, KTLS_INSTALLED), 1.0, "{m}");
+        (metric(&m, "lb_ktls_key_updates_sent_total"), metric(&m, "lb_ktls_key_updates_received_total"), lb_tests::metric_sum(&m, "lb_ktls_closed_total{"))
+    };
+    let am = a.metrics.encode();
+    assert_eq!(metric(&am, r#"lb_member_tls_connections_total{pool="p1",offload="ktls",reason="installed"}"#), 1.0, "{am}");
+    let ((a_sent, a_received, a_closed), (b_sent, b_received, b_closed)) = (counts(&a), counts(&b));
+    println!("A: {a_sent} KeyUpdates sent, {a_received} received; B: {b_sent} sent, {b_received} received");
+    // The client sends no KeyUpdate and B's member is plain TCP: what A receives comes from B
+    // on the member connection, what B receives from A on it.
+    assert!(a_received >= 4.0 && b_received >= 4.0, "A received {a_received}, B {b_received}, for 256 records each way under a 64-record budget");
+    // A renews towards the client and towards B.
+    assert!(a_sent >= 8.0 && b_sent >= 4.0, "A sent {a_sent}, B {b_sent}");
+    assert_eq!((a_closed, b_closed), (0.0, 0.0));
+}
+
 /// lbd proxying HTTP over TLS 1.3 with `--ktls-rx-expect-no-pad` on or off for clients.
 async fn no_pad_service(dir: &std::path::Path, no_pad: bool) -> (Arc<Daemon>, u16) {
     let policy = OffloadPolicy { client_rx_no_pad: no_pad, ..OffloadPolicy::probe() };
@@ -727,6 +782,25 @@ async fn rotating_the_certificate_keeps_open_connections_working() {
     assert_record_path(&before, &daemon, 2).await;
 }
 
+/// Through raw-mode listener `port` to a [`bulk::raw_backend`]: `n` bytes up and `n` down at
+/// once over TLS 1.3 AES-128-GCM, every byte checked at both ends, the download ending with
+/// close_notify.
+async fn raw_up_and_down(port: u16, n: u64, reports: &mut tokio::sync::mpsc::UnboundedReceiver<bulk::RawReport>) {
+    let cfg = client::config(&[&rustls::version::TLS13], Some(vec![cs::TLS13_AES_128_GCM_SHA256]), &[]);
+    let tls = client::connect(port, "a.example", cfg).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(tls);
+    let writer = tokio::spawn(async move {
+        w.write_all(&bulk::raw_header(n, 42)).await?;
+        bulk::write_stream(&mut w, 42, n).await?;
+        w.shutdown().await
+    });
+    let download = bulk::read_stream(&mut r, 43).await.expect("download ends with close_notify");
+    writer.await.unwrap().unwrap();
+    assert_eq!(download.verdict(), format!("ok {n}"));
+    let report = reports.recv().await.unwrap();
+    assert_eq!((report.upload, report.error), (format!("ok {n}"), None));
+}
+
 /// lbd "A" under test terminates the client and opens mTLS to its member, which is a second
 /// data plane "B" (userspace TLS, so the kernel counters are A's alone) that requires A's client
 /// certificate and forwards to the bulk backend. A offloads both legs; raw mode splices between
@@ -769,19 +843,7 @@ async fn tls_to_members_is_offloaded_on_both_legs_in_raw_and_http_modes() {
         let before = kernel_snapshot();
 
         if mode == "raw" {
-            let cfg = client::config(&[&rustls::version::TLS13], Some(vec![cs::TLS13_AES_128_GCM_SHA256]), &[]);
-            let tls = client::connect(a_port, "a.example", cfg).await.unwrap();
-            let (mut r, mut w) = tokio::io::split(tls);
-            let writer = tokio::spawn(async move {
-                w.write_all(&bulk::raw_header(n, 42)).await?;
-                bulk::write_stream(&mut w, 42, n).await?;
-                w.shutdown().await
-            });
-            let download = bulk::read_stream(&mut r, 43).await.expect("download ends with close_notify");
-            writer.await.unwrap().unwrap();
-            assert_eq!(download.verdict(), format!("ok {n}"), "{mode}");
-            let report = reports.recv().await.unwrap();
-            assert_eq!((report.upload, report.error), (format!("ok {n}"), None), "{mode}");
+            raw_up_and_down(a_port, n, &mut reports).await;
         } else {
             let d = dir.path().to_path_buf();
             blocking(move || curl_up_and_down(a_port, &d, n as usize)).await;

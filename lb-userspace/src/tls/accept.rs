@@ -1,11 +1,12 @@
-//! One client handshake ([`super::server`]: reads stop at record boundaries while the kernel may
-//! take over), then the per-connection decision to hand the record layer to the kernel or keep
-//! it in rustls; and the hand-over itself, for client and member connections.
+//! One client handshake ([`super::session`]: reads stop at record boundaries while the kernel
+//! may take over), then the per-connection decision to hand the record layer to the kernel or
+//! keep it in rustls; and the hand-over itself, for client and member connections.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use rustls::server::UnbufferedServerConnection;
 use rustls::{ExtractedSecrets, ProtocolVersion, ServerConfig, SupportedCipherSuite};
 use tokio::net::TcpStream;
 
@@ -13,9 +14,8 @@ use super::budget::RecordBudget;
 use super::config::suite_name;
 use super::offload::{self, Capabilities, KernelCipher, KernelVersion, RxPadding};
 use super::peer::ClientCert;
-use super::record::RecordReader;
 use super::rekey::{KeyUpdateCounts, KeyUpdates};
-use super::server::{self, ServerTls};
+use super::session::{self, Session, Side, tls_error};
 use super::stream::{KtlsStream, PeerStream};
 
 /// Whether lbd tries kTLS at all, and what the kernel can do.
@@ -130,32 +130,15 @@ pub fn decide(policy: &OffloadPolicy, version: Option<ProtocolVersion>, suite: S
     }
 }
 
-/// Hands a completed member connection's record layer to the kernel: plaintext rustls already
-/// decrypted is kept to be served first, then the secrets leave rustls and TX+RX are installed.
-/// Member connections run on rustls' buffered API, which hands out the keys but not the key
-/// schedule: their keys are not renewed.
-pub fn hand_over(io: RecordReader<TcpStream>, conn: impl Into<rustls::Connection>, version: ProtocolVersion, padding: RxPadding, policy: &OffloadPolicy) -> Result<KtlsStream, String> {
-    let mut conn: rustls::Connection = conn.into();
-    let limit = record_limit(conn.negotiated_cipher_suite(), policy)?;
-    // With record-bounded reads nothing past the Finished message was read, but rustls may
-    // still hold decrypted application data from the last record: serve it first.
-    let mut prefix = Vec::new();
-    match conn.reader().read_to_end(&mut prefix) {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    let secrets = conn.dangerous_extract_secrets().map_err(|e| e.to_string())?;
-    install(io.into_inner(), prefix, version, secrets, None, padding, limit)
-}
-
-/// Hands a completed client connection's record layer to the kernel, as [`hand_over`]; where the
-/// kernel takes new keys (TLS 1.3), rustls' key schedule stays with the stream, so that keys are
-/// renewed instead of the connection ending ([`super::rekey`]).
-fn hand_over_client(tls: ServerTls, version: ProtocolVersion, padding: RxPadding, policy: &OffloadPolicy) -> Result<KtlsStream, String> {
+/// Hands a completed connection's record layer (a client's or a member's) to the kernel, at a
+/// record boundary: plaintext rustls already decrypted is kept to be served first, then the
+/// secrets leave rustls and TX+RX are installed. Where the kernel takes new keys (TLS 1.3),
+/// rustls' key schedule stays with the stream, so that keys are renewed instead of the
+/// connection ending ([`super::rekey`]).
+pub fn hand_over<C: Side>(tls: Session<C>, version: ProtocolVersion, padding: RxPadding, policy: &OffloadPolicy) -> Result<KtlsStream, String> {
     let (tcp, conn, prefix) = tls.into_parts();
     let limit = record_limit(conn.negotiated_cipher_suite(), policy)?;
-    let (secrets, schedule) = conn.dangerous_into_kernel_connection().map_err(|e| e.to_string())?;
+    let (secrets, schedule) = conn.into_kernel().map_err(|e| e.to_string())?;
     let renewable = policy.capabilities.key_updates && version == ProtocolVersion::TLSv1_3;
     let keys = renewable.then(|| KeyUpdates::new(schedule, policy.key_update_counts.clone()));
     install(tcp, prefix, version, secrets, keys, padding, limit)
@@ -183,7 +166,8 @@ fn install(tcp: TcpStream, prefix: Vec<u8>, version: ProtocolVersion, secrets: E
 pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>, policy: &OffloadPolicy) -> Result<Accepted, AcceptError> {
     // Every record the handshake produced (TLS 1.3 NewSessionTickets included) is written
     // before it returns, so the kernel can take the write side over at the next sequence number.
-    let (mut tls, sni) = server::handshake(tcp, config, policy.may_offload()).await.map_err(AcceptError::Handshake)?;
+    let conn = UnbufferedServerConnection::new(config).map_err(|e| AcceptError::Handshake(tls_error(e)))?;
+    let (mut tls, sni) = session::handshake(tcp, conn, policy.may_offload()).await.map_err(AcceptError::Handshake)?;
     let conn = tls.connection();
     let version = conn.protocol_version();
     let suite = conn.negotiated_cipher_suite().expect("handshake complete");
@@ -195,7 +179,7 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>, policy: &OffloadP
     let stream = match decision {
         Offload::Kernel => {
             let padding = if policy.client_rx_no_pad { RxPadding::NotExpected } else { RxPadding::Tolerated };
-            PeerStream::Ktls(hand_over_client(tls, version.expect("known version"), padding, policy).map_err(AcceptError::Offload)?)
+            PeerStream::Ktls(hand_over(tls, version.expect("known version"), padding, policy).map_err(AcceptError::Offload)?)
         }
         Offload::Userspace(_) => {
             tls.uncork();

@@ -2,10 +2,10 @@
 //! many records (AES-128-GCM 2^24, AES-256-GCM 2^23 in rustls' suites; ChaCha20-Poly1305 has no
 //! practical limit). While rustls holds the keys it counts records and renews them (TLS 1.3) or
 //! closes (TLS 1.2) in time; once the kernel encrypts, rustls no longer sees the records and its
-//! `kernel` module leaves the count to the caller. Where the key can be renewed (a TLS 1.3 client
+//! `kernel` module leaves the count to the caller. Where the key can be renewed (a TLS 1.3
 //! connection on a kernel that takes new keys, Linux 6.14 and later) the budget renews it with a
-//! key update when it runs out ([`super::rekey`]); elsewhere (older kernels, TLS 1.2, member
-//! connections) lbd ends the connection cleanly (close_notify, then FIN) before the limit.
+//! key update when it runs out ([`super::rekey`]); elsewhere (older kernels, TLS 1.2) lbd ends
+//! the connection cleanly (close_notify, then FIN) before the limit.
 //!
 //! The count is kept here, without asking the kernel (which would hand the keys back to read the
 //! sequence number): a send of `n` bytes makes at most `n / 16384` full records and one short

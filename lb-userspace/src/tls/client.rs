@@ -1,21 +1,22 @@
 //! TLS from lb to a pool's members (`tls_enabled`): the pool's `ClientConfig` (versions, ciphers,
-//! ALPN, trust anchors and CRLs, lb's client certificate), the handshake, and the same kTLS
-//! hand-over as on the listener side, so raw forwarding can splice between two offloaded sockets.
+//! ALPN, trust anchors and CRLs, lb's client certificate), the handshake (on rustls' unbuffered
+//! API, [`super::session`], as on the listener side), and the same kTLS hand-over, so raw
+//! forwarding can splice between two offloaded sockets and offloaded keys are renewed where the
+//! kernel takes new ones.
 
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::ClientConfig;
+use rustls::client::UnbufferedClientConnection;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer, ServerName};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use super::accept::{Offload, OffloadPolicy, decide, hand_over};
 use super::offload::RxPadding;
 use super::config::{TlsConfigError, alpn, versions_and_provider};
-use super::record::RecordReader;
+use super::session::{self, tls_error};
 use super::stream::PeerStream;
 use super::verify;
 use crate::certs::CertError;
@@ -91,21 +92,19 @@ pub struct Connected {
 /// the kernel where `policy` and the negotiated suite allow.
 pub async fn connect(tcp: TcpStream, tls: &MemberTls, ip: IpAddr, policy: &OffloadPolicy) -> io::Result<Connected> {
     let name = tls.server_name.clone().unwrap_or_else(|| ServerName::from(ip));
-    let mut stream = TlsConnector::from(tls.config.clone()).connect(name, RecordReader::new(tcp)).await?;
-    stream.flush().await?;
-    let (io, conn) = stream.get_ref();
+    let conn = UnbufferedClientConnection::new(tls.config.clone(), name).map_err(tls_error)?;
+    // Every record of lbd's side of the handshake is written before it returns.
+    let (mut session, _) = session::handshake(tcp, conn, policy.may_offload()).await?;
+    let conn = session.connection();
     let version = conn.protocol_version();
     let suite = conn.negotiated_cipher_suite().expect("handshake complete");
-    let offload = decide(policy, version, suite, io.at_record_boundary());
+    let offload = decide(policy, version, suite, session.at_record_boundary());
     let stream = match offload {
-        Offload::Kernel => {
-            let (io, conn) = stream.into_inner();
-            // Members are the operator's own servers: trusted not to pad their records.
-            PeerStream::Ktls(hand_over(io, conn, version.expect("known version"), RxPadding::NotExpected, policy).map_err(io::Error::other)?)
-        }
+        // Members are the operator's own servers: trusted not to pad their records.
+        Offload::Kernel => PeerStream::Ktls(hand_over(session, version.expect("known version"), RxPadding::NotExpected, policy).map_err(io::Error::other)?),
         Offload::Userspace(_) => {
-            stream.get_mut().0.uncork();
-            PeerStream::RustlsClient(Box::new(stream))
+            session.uncork();
+            PeerStream::RustlsMember(Box::new(session))
         }
     };
     Ok(Connected { stream, offload })

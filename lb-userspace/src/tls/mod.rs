@@ -3,10 +3,10 @@
 //!
 //! - [`config`]: a listener's `ServerConfig` (versions, cipher suites, ALPN, tickets).
 //! - [`resolver`]: certificate choice by SNI.
-//! - [`server`]: a client connection's handshake and userspace records, on rustls' unbuffered
-//!   API (lbd's buffers; reads stop at record boundaries while the kernel may take over).
+//! - [`session`]: a connection's handshake and userspace records (a client's, lbd the server;
+//!   or a member's, lbd the client), on rustls' unbuffered API (lbd's buffers; reads stop at
+//!   record boundaries while the kernel may take over).
 //! - [`spare`]: large records buffers kept per thread between write bursts.
-//! - [`record`]: the same record-bounded reads for member connections (rustls' buffered API).
 //! - [`offload`]: kTLS probe and installation (the only `unsafe` code of the TLS path).
 //! - [`budget`]: an offloaded transmit key's record count, and its renewal.
 //! - [`rekey`]: TLS 1.3 key updates on offloaded connections (kernels that take new keys).
@@ -19,10 +19,9 @@ pub mod accept;
 pub mod budget;
 pub mod config;
 pub mod offload;
-pub mod record;
 pub mod rekey;
 pub mod resolver;
-pub mod server;
+pub mod session;
 pub mod spare;
 pub mod stream;
 pub mod client;

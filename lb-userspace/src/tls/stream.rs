@@ -1,5 +1,5 @@
 //! A connection end after its handshake (a client's, or a member's): records handled by the
-//! kernel ([`KtlsStream`]), by rustls ([`PeerStream::Rustls`], [`PeerStream::RustlsClient`]), or
+//! kernel ([`KtlsStream`]), by rustls ([`PeerStream::Rustls`], [`PeerStream::RustlsMember`]), or
 //! no TLS at all.
 
 use std::io;
@@ -14,8 +14,7 @@ use tokio::net::TcpStream;
 
 use super::budget::RecordBudget;
 use super::offload::{self, record_type};
-use super::record::RecordReader;
-use super::server::ServerTls;
+use super::session::{MemberSession, ServerTls};
 
 /// Why lbd ended an offloaded connection: a control record the kernel path cannot continue
 /// after, or the transmit key's record limit.
@@ -23,13 +22,13 @@ use super::server::ServerTls;
 pub enum KtlsClosed {
     #[error("peer sent TLS alert {0}")]
     Alert(u8),
-    #[error("peer sent a TLS 1.3 KeyUpdate, which this connection cannot follow once offloaded (the kernel takes no new keys before 6.14; member connections keep no key schedule); closing cleanly")]
+    #[error("peer sent a TLS 1.3 KeyUpdate, which this connection cannot follow once offloaded (the kernel takes no new keys before 6.14); closing cleanly")]
     KeyUpdate,
     #[error("peer sent an unexpected post-handshake message (type {0})")]
     UnexpectedHandshake(u8),
     #[error("peer sent a record of unknown content type {0}")]
     UnknownRecord(u8),
-    #[error("the transmit key reached its record limit (confidentiality limit of the cipher suite, or --ktls-record-limit) and cannot be renewed here (a kernel before 6.14, TLS 1.2, or a member connection), so the connection is closed")]
+    #[error("the transmit key reached its record limit (confidentiality limit of the cipher suite, or --ktls-record-limit) and cannot be renewed here (a kernel before 6.14, or TLS 1.2), so the connection is closed")]
     RecordLimit,
 }
 
@@ -260,7 +259,7 @@ pub enum PeerStream {
     /// A client connection whose records stay in rustls.
     Rustls(Box<ServerTls>),
     /// A member connection whose records stay in rustls.
-    RustlsClient(Box<tokio_rustls::client::TlsStream<RecordReader<TcpStream>>>),
+    RustlsMember(Box<MemberSession>),
     Plain(TcpStream),
 }
 
@@ -291,7 +290,7 @@ impl PeerStream {
         let held = match self {
             PeerStream::Ktls(k) => !k.prefix.is_empty(),
             PeerStream::Rustls(s) => s.has_buffered(),
-            PeerStream::RustlsClient(s) => !s.get_ref().1.wants_read() || s.get_ref().0.has_buffered(),
+            PeerStream::RustlsMember(s) => s.has_buffered(),
             PeerStream::Plain(_) => false,
         };
         if held {
@@ -305,7 +304,7 @@ impl PeerStream {
         match self {
             PeerStream::Ktls(k) => k.tcp(),
             PeerStream::Rustls(s) => s.tcp(),
-            PeerStream::RustlsClient(s) => s.get_ref().0.get_ref(),
+            PeerStream::RustlsMember(s) => s.tcp(),
             PeerStream::Plain(t) => t,
         }
     }
@@ -332,7 +331,7 @@ macro_rules! delegate {
         match $self.get_mut() {
             PeerStream::Ktls($s) => { let $s = Pin::new($s); $e }
             PeerStream::Rustls($s) => { let $s = Pin::new($s.as_mut()); $e }
-            PeerStream::RustlsClient($s) => { let $s = Pin::new($s.as_mut()); $e }
+            PeerStream::RustlsMember($s) => { let $s = Pin::new($s.as_mut()); $e }
             PeerStream::Plain($s) => { let $s = Pin::new($s); $e }
         }
     };
@@ -357,7 +356,7 @@ impl AsyncWrite for PeerStream {
         match self {
             PeerStream::Ktls(s) => s.is_write_vectored(),
             PeerStream::Rustls(s) => s.is_write_vectored(),
-            PeerStream::RustlsClient(s) => s.is_write_vectored(),
+            PeerStream::RustlsMember(s) => s.is_write_vectored(),
             PeerStream::Plain(s) => s.is_write_vectored(),
         }
     }

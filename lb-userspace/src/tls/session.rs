@@ -1,25 +1,30 @@
-//! A client connection's TLS on rustls' unbuffered API: the handshake, then, where the records
-//! stay in userspace, the connection as an `AsyncRead + AsyncWrite` stream.
+//! A TLS connection on rustls' unbuffered API, either side of it: a client's connection to a
+//! listener (lbd the TLS server) or lbd's connection to a pool member (lbd the TLS client). The
+//! handshake, then, where the records stay in userspace, the connection as an
+//! `AsyncRead + AsyncWrite` stream.
 //!
 //! lbd owns the buffers: TLS bytes read from the socket, records waiting to be written, and
 //! decrypted application data not yet read. They are freed once drained while the peer is
 //! quiet, so an idle connection holds rustls' state only (the buffered API keeps a 4 KiB read
-//! buffer for each connection's life). After the handshake rustls hands over the keys together
-//! with the key schedule (`dangerous_into_kernel_connection`, which only its unbuffered API
-//! offers), so that offloaded connections can follow and make TLS 1.3 key updates
-//! ([`super::rekey`]).
+//! buffer for each connection's life). During the handshake reads stop at record boundaries
+//! while the kernel may take the records over (kTLS must see every byte after the Finished
+//! message). After it rustls hands over the keys together with the key schedule
+//! (`dangerous_into_kernel_connection`, which only its unbuffered API offers), so that offloaded
+//! connections can follow and make TLS 1.3 key updates ([`super::rekey`]).
 
 use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
+use std::ops::DerefMut;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::BufMut;
-use rustls::ServerConfig;
+use rustls::ExtractedSecrets;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedConnectionCommon, UnbufferedStatus, WriteTraffic};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -38,10 +43,50 @@ const READ_SIZE: usize = 4096;
 /// `recvfrom` calls for uploads.
 const READ_AHEAD: usize = 256 * 1024;
 
-/// A TLS server connection whose records rustls processes in userspace.
-pub struct ServerTls {
+/// One side of a rustls unbuffered connection: the server side (client connections) or the
+/// client side (member connections).
+pub trait Side: DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> + Send + Unpin + 'static {
+    type Data: Send + 'static;
+
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+
+    /// The keys, and the key schedule that derives their successors.
+    fn into_kernel(self) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error>;
+}
+
+impl Side for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, ServerConnectionData> {
+        self.process_tls_records(incoming)
+    }
+
+    fn into_kernel(self) -> Result<(ExtractedSecrets, KernelConnection<ServerConnectionData>), rustls::Error> {
+        self.dangerous_into_kernel_connection()
+    }
+}
+
+impl Side for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, ClientConnectionData> {
+        self.process_tls_records(incoming)
+    }
+
+    fn into_kernel(self) -> Result<(ExtractedSecrets, KernelConnection<ClientConnectionData>), rustls::Error> {
+        self.dangerous_into_kernel_connection()
+    }
+}
+
+/// A client connection on a TLS listener.
+pub type ServerTls = Session<UnbufferedServerConnection>;
+/// A connection to a pool member with `tls_enabled`.
+pub type MemberSession = Session<UnbufferedClientConnection>;
+
+/// A TLS connection whose records rustls processes in userspace.
+pub struct Session<C: Side> {
     io: TcpStream,
-    conn: UnbufferedServerConnection,
+    conn: C,
     /// TLS bytes read from the socket; `incoming[start..]` are not processed yet.
     incoming: Vec<u8>,
     start: usize,
@@ -92,16 +137,15 @@ enum Next {
     Closed,
 }
 
-fn tls_error(e: rustls::Error) -> io::Error {
+pub fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// Runs the server handshake on `tcp`; while `corked`, nothing past the client's last
-/// handshake record is read, so the kernel can take the records that follow. Returns the
-/// connection and the server name the client asked for (for logs).
-pub async fn handshake(tcp: TcpStream, config: Arc<ServerConfig>, corked: bool) -> io::Result<(ServerTls, Option<String>)> {
-    let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-    let mut tls = ServerTls {
+/// Runs the handshake of `conn` (either side) on `tcp`; while `corked`, nothing past the peer's
+/// last handshake record is read, so the kernel can take the records that follow. Returns the
+/// connection and, on the server side, the server name the client asked for (for logs).
+pub async fn handshake<C: Side>(tcp: TcpStream, conn: C, corked: bool) -> io::Result<(Session<C>, Option<String>)> {
+    let mut tls = Session {
         io: tcp,
         conn,
         incoming: Vec::new(),
@@ -125,13 +169,14 @@ pub async fn handshake(tcp: TcpStream, config: Arc<ServerConfig>, corked: bool) 
         let next = match tls.drive(Intent::Read(None)) {
             Ok(next) => next,
             Err(e) => {
-                // rustls queued an alert for the client: encode it and send what fits now.
+                // rustls queued an alert for the peer: encode it and send what fits now.
                 let _ = tls.drive(Intent::Read(None));
                 let _ = poll_fn(|cx| Poll::Ready(tls.poll_send(cx))).await;
                 return Err(e);
             }
         };
-        // The server's flights (and, at the end, TLS 1.3 session tickets) leave before more is read.
+        // lbd's flights (and, as a server, TLS 1.3 session tickets at the end) leave before
+        // more is read.
         poll_fn(|cx| tls.poll_send(cx)).await?;
         match next {
             Next::Established => break,
@@ -143,7 +188,8 @@ pub async fn handshake(tcp: TcpStream, config: Arc<ServerConfig>, corked: bool) 
         }
         if next == Next::Input {
             poll_fn(|cx| tls.poll_fill(cx)).await?;
-            // The ClientHello, once its record is whole (before rustls processes it).
+            // The peer's first record, once whole (before rustls processes it): a ClientHello's
+            // server name (none in a ServerHello).
             if !hello_seen && let Some(record) = tls.first_record() {
                 hello_seen = true;
                 sni = client_hello_sni(record);
@@ -158,13 +204,13 @@ pub async fn handshake(tcp: TcpStream, config: Arc<ServerConfig>, corked: bool) 
     Ok((tls, sni))
 }
 
-impl ServerTls {
+impl<C: Side> Session<C> {
     pub fn tcp(&self) -> &TcpStream {
         &self.io
     }
 
-    /// The rustls connection (negotiated version, suite, ALPN, client certificates).
-    pub fn connection(&self) -> &UnbufferedServerConnection {
+    /// The rustls connection (negotiated version, suite, ALPN, peer certificates).
+    pub fn connection(&self) -> &C {
         &self.conn
     }
 
@@ -187,7 +233,7 @@ impl ServerTls {
 
     /// The socket, the connection and the application data already decrypted (to be served
     /// first), for the hand-over to the kernel (at a record boundary).
-    pub fn into_parts(self) -> (TcpStream, UnbufferedServerConnection, Vec<u8>) {
+    pub fn into_parts(self) -> (TcpStream, C, Vec<u8>) {
         let mut plain = self.plain;
         plain.drain(..self.read);
         (self.io, self.conn, plain)
@@ -222,9 +268,9 @@ impl ServerTls {
     /// goes to the caller's buffer (what does not fit, and all of it for other intents, to
     /// `plain`); handshake records, alerts and encrypted data to `outgoing`, in order.
     fn drive(&mut self, mut intent: Intent<'_, '_>) -> io::Result<Next> {
-        let ServerTls { conn, incoming, start, outgoing, filled, plain, read, peer_closed, .. } = self;
+        let Session { conn, incoming, start, outgoing, filled, plain, read, peer_closed, .. } = self;
         loop {
-            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut incoming[*start..]);
+            let UnbufferedStatus { discard, state } = conn.process(&mut incoming[*start..]);
             let next = match state {
                 Err(e) => {
                     *start += discard;
@@ -275,7 +321,7 @@ impl ServerTls {
                         Some(Next::Written(0))
                     }
                 },
-                // lbd's server configurations accept no early data.
+                // lbd's configurations neither accept nor send early data.
                 Ok(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected TLS state (early data?)")),
             };
             *start += discard;
@@ -366,7 +412,7 @@ impl ServerTls {
 }
 
 /// Appends one handshake or alert record rustls produced to `out[..*filled]`.
-fn encode(record: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>, filled: &mut usize) -> io::Result<()> {
+fn encode<D>(record: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>, filled: &mut usize) -> io::Result<()> {
     let required = |e: &EncodeError| match e {
         EncodeError::InsufficientSize(s) => Some(s.required_size),
         _ => None,
@@ -375,7 +421,7 @@ fn encode(record: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8
 }
 
 /// Encrypts up to `MAX_WRITE` bytes of `data` into `out[..*filled]`; the count encrypted.
-fn encrypt(traffic: &mut WriteTraffic<'_, ServerConnectionData>, data: &[u8], out: &mut Vec<u8>, filled: &mut usize) -> io::Result<usize> {
+fn encrypt<D>(traffic: &mut WriteTraffic<'_, D>, data: &[u8], out: &mut Vec<u8>, filled: &mut usize) -> io::Result<usize> {
     let data = &data[..data.len().min(MAX_WRITE)];
     if !data.is_empty() {
         append(out, filled, |buf| traffic.encrypt(data, buf), encrypt_required)?;
@@ -383,7 +429,7 @@ fn encrypt(traffic: &mut WriteTraffic<'_, ServerConnectionData>, data: &[u8], ou
     Ok(data.len())
 }
 
-fn close_notify(traffic: &mut WriteTraffic<'_, ServerConnectionData>, out: &mut Vec<u8>, filled: &mut usize) -> io::Result<()> {
+fn close_notify<D>(traffic: &mut WriteTraffic<'_, D>, out: &mut Vec<u8>, filled: &mut usize) -> io::Result<()> {
     append(out, filled, |buf| traffic.queue_close_notify(buf), encrypt_required)
 }
 
@@ -426,7 +472,7 @@ fn grow(buf: &mut Vec<u8>, filled: usize, len: usize) {
     spare::give(std::mem::replace(buf, larger));
 }
 
-impl AsyncRead for ServerTls {
+impl<C: Side> AsyncRead for Session<C> {
     /// Fills `buf` with as much as the records already read and the socket have now, so a
     /// streaming peer's data reaches the caller in large reads (and the member in large writes).
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -467,7 +513,7 @@ impl AsyncRead for ServerTls {
     }
 }
 
-impl AsyncWrite for ServerTls {
+impl<C: Side> AsyncWrite for Session<C> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.get_mut().poll_encrypt(cx, buf)
     }
@@ -582,6 +628,8 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     /// A ClientHello record with the given extensions (type, body).
@@ -621,5 +669,95 @@ mod tests {
             assert_eq!(client_hello_sni(&full[..cut]), None, "truncated at {cut}");
         }
         assert_eq!(client_hello_sni(&[23, 3, 3, 0, 1, 0]), None, "not a handshake message");
+    }
+
+    /// A self-signed server certificate for `s.example`, and a client that trusts it.
+    pub fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["s.example".to_string()]).unwrap().self_signed(&key).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Waits until the socket holds the header of a record of `kind`, unread.
+    async fn record_waits_in_socket(tcp: &TcpStream, kind: u8) {
+        let mut header = [0u8; HEADER_LEN];
+        loop {
+            tcp.readable().await.unwrap();
+            if tcp.peek(&mut header).await.unwrap() == HEADER_LEN {
+                assert_eq!(header[0], kind, "{header:?}");
+                return;
+            }
+        }
+    }
+
+    /// Both sides on loopback, both corked as when the kernel may take over: each handshake reads
+    /// nothing past the peer's last handshake record (the client's first data record, and the
+    /// server's TLS 1.3 session tickets, wait in the sockets); then 3 MiB each way, at once,
+    /// arrive intact, and close_notify ends both directions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_sides_handshake_up_to_a_record_boundary_then_move_data_intact() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const N: usize = 3 << 20;
+        let pattern = |seed: u8| (0..N).map(|i| (i % 251) as u8 ^ seed).collect::<Vec<u8>>();
+        let (server_config, client_config) = configs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let member = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let conn = UnbufferedClientConnection::new(client_config, "s.example".try_into().unwrap()).unwrap();
+            let (mut tls, sni) = handshake(tcp, conn, true).await.unwrap();
+            assert_eq!(sni, None);
+            assert!(tls.at_record_boundary());
+            tls.write_all(b"first").await.unwrap();
+            // The server's session tickets were not read.
+            record_waits_in_socket(tls.tcp(), 23).await;
+            tls.uncork();
+            let (mut r, mut w) = tokio::io::split(tls);
+            let writer = tokio::spawn(async move {
+                w.write_all(&pattern(1)).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            writer.await.unwrap();
+            got
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (mut tls, sni) = handshake(tcp, UnbufferedServerConnection::new(server_config).unwrap(), true).await.unwrap();
+        assert_eq!(sni.as_deref(), Some("s.example"));
+        assert!(tls.at_record_boundary());
+        // The client's first data record is still in the socket, for the kernel to take.
+        record_waits_in_socket(tls.tcp(), 23).await;
+        assert!(tls.at_record_boundary() && !tls.has_buffered());
+        tls.uncork();
+        let mut first = [0u8; 5];
+        tls.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"first");
+        let (mut r, mut w) = tokio::io::split(tls);
+        let writer = tokio::spawn(async move {
+            w.write_all(&pattern(2)).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert!(got == pattern(1), "client to server: {} bytes", got.len());
+        let got = member.await.unwrap();
+        assert!(got == pattern(2), "server to client: {} bytes", got.len());
     }
 }
