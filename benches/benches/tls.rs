@@ -1,7 +1,6 @@
 //! TLS-side hot spots: SNI certificate lookup among many names, PKCS#12 parsing (certificate
 //! upload and rotation), and userspace TLS records between two of lbd's sessions over loopback.
 use std::process::Command;
-use std::sync::Arc;
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use lb_userspace::certs::{self, validate::certified_key};
@@ -60,29 +59,23 @@ fn pkcs12(c: &mut Criterion) {
 /// and the loopback system calls.
 fn records(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["s.example".to_string()]).unwrap().self_signed(&key).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], key)
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let client_config = rustls::ClientConfig::builder_with_provider(provider).with_protocol_versions(&[&rustls::version::TLS13]).unwrap().with_root_certificates(roots).with_no_client_auth();
+    // A listener's configuration as lbd builds it, and the test client's (TLS 1.3 AES-128-GCM).
+    let dir = std::env::temp_dir().join(format!("lb-bench-records-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let settings = lb_tests::fixture::tls_settings(lb_tests::fixture::bundle(&dir, "s.example"), vec![]);
+    let server_config = lb_userspace::tls::config::server_config(&settings, false).unwrap();
+    let client_config = lb_tests::client::config(&[&rustls::version::TLS13], Some(vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256]), &[]);
+    let _ = std::fs::remove_dir_all(&dir);
     let (mut server, mut member) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let member = tokio::spawn(async move {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let conn = UnbufferedClientConnection::new(Arc::new(client_config), "s.example".try_into().unwrap()).unwrap();
+            let conn = UnbufferedClientConnection::new(client_config, "s.example".try_into().unwrap()).unwrap();
             session::handshake(tcp, conn, false).await.unwrap().0
         });
         let (tcp, _) = listener.accept().await.unwrap();
-        let server = session::handshake(tcp, UnbufferedServerConnection::new(Arc::new(server_config)).unwrap(), false).await.unwrap().0;
+        let server = session::handshake(tcp, UnbufferedServerConnection::new(server_config).unwrap(), false).await.unwrap().0;
         (server, member.await.unwrap())
     });
     let data = vec![0xABu8; 1 << 20];

@@ -495,19 +495,13 @@ async fn read_response(tls: &mut tokio_rustls::client::TlsStream<tokio::net::Tcp
 #[ignore = "needs kTLS: run by `cargo xtask vm-test`"]
 async fn key_updates_renew_offloaded_keys_in_both_directions() {
     let _serial = serial().await;
-    // A policy (and so a set of counters) per daemon.
-    let policy = || OffloadPolicy { record_limit: Some(64), ..OffloadPolicy::probe() };
-    if !policy().capabilities.key_updates {
-        assert!(std::env::var_os("LB_REQUIRE_KEY_UPDATES").is_none(), "LB_REQUIRE_KEY_UPDATES is set but this kernel takes no new kTLS keys");
-        println!("this kernel takes no new kTLS keys: connections end instead (tested by the two tests named above)");
+    if !takes_new_keys("connections end instead (tested by the two tests named above)") {
         return;
     }
+    let policy = key_update_policy;
     let dir = tempfile::tempdir().unwrap();
     let before = TlsStat::now();
-    let counts = |d: &Daemon| {
-        let m = d.metrics.encode();
-        (metric(&m, "lb_ktls_key_updates_sent_total"), metric(&m, "lb_ktls_key_updates_received_total"), lb_tests::metric_sum(&m, "lb_ktls_closed_total{"))
-    };
+    let counts = key_update_counts;
     let cfg = client::config(&[&rustls::version::TLS13], Some(vec![cs::TLS13_AES_128_GCM_SHA256]), &[]);
     let want = 4u64 << 20;
 
@@ -564,6 +558,28 @@ async fn key_updates_renew_offloaded_keys_in_both_directions() {
     }
 }
 
+/// Whether this kernel takes new kTLS keys; if not, says what is tested `instead` (and fails
+/// where `LB_REQUIRE_KEY_UPDATES` is set).
+fn takes_new_keys(instead: &str) -> bool {
+    if offload::probe().key_updates {
+        return true;
+    }
+    assert!(std::env::var_os("LB_REQUIRE_KEY_UPDATES").is_none(), "LB_REQUIRE_KEY_UPDATES is set but this kernel takes no new kTLS keys");
+    println!("this kernel takes no new kTLS keys: {instead}");
+    false
+}
+
+/// A 64-record budget with key updates: one policy, and so one set of counters, per daemon.
+fn key_update_policy() -> OffloadPolicy {
+    OffloadPolicy { record_limit: Some(64), ..OffloadPolicy::probe() }
+}
+
+/// KeyUpdates `d` sent and received, and offloaded connections it ended.
+fn key_update_counts(d: &Daemon) -> (f64, f64, f64) {
+    let m = d.metrics.encode();
+    (metric(&m, "lb_ktls_key_updates_sent_total"), metric(&m, "lb_ktls_key_updates_received_total"), lb_tests::metric_sum(&m, "lb_ktls_closed_total{"))
+}
+
 /// Key updates on an offloaded member connection, both ways: lbd "A" under test opens TLS 1.3 to
 /// its member, a second lbd "B" that offloads it too, both with a 64-record budget. A 4 MiB
 /// upload and a 4 MiB download in raw mode (256 records each way on the member connection):
@@ -574,12 +590,10 @@ async fn key_updates_renew_offloaded_keys_in_both_directions() {
 async fn member_key_updates_renew_offloaded_keys_in_both_directions() {
     use lb_tests::pki::Ca;
     let _serial = serial().await;
-    let policy = || OffloadPolicy { record_limit: Some(64), ..OffloadPolicy::probe() };
-    if !policy().capabilities.key_updates {
-        assert!(std::env::var_os("LB_REQUIRE_KEY_UPDATES").is_none(), "LB_REQUIRE_KEY_UPDATES is set but this kernel takes no new kTLS keys");
-        println!("this kernel takes no new kTLS keys: member connections are retired before their record limit instead (offloaded_connections_end_cleanly_before_their_record_limit)");
+    if !takes_new_keys("member connections are retired before their record limit instead (offloaded_connections_end_cleanly_before_their_record_limit)") {
         return;
     }
+    let policy = key_update_policy;
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "member ca");
     let b_cert = ca.issue("member b", 2, &["127.0.0.1"]);
@@ -602,14 +616,10 @@ async fn member_key_updates_renew_offloaded_keys_in_both_directions() {
 
     raw_up_and_down(a_port, 4 << 20, &mut reports).await;
 
-    let counts = |d: &Daemon| {
-        let m = d.metrics.encode();
-        assert_eq!(metric(&m, KTLS_INSTALLED), 1.0, "{m}");
-        (metric(&m, "lb_ktls_key_updates_sent_total"), metric(&m, "lb_ktls_key_updates_received_total"), lb_tests::metric_sum(&m, "lb_ktls_closed_total{"))
-    };
-    let am = a.metrics.encode();
+    let (am, bm) = (a.metrics.encode(), b.metrics.encode());
     assert_eq!(metric(&am, r#"lb_member_tls_connections_total{pool="p1",offload="ktls",reason="installed"}"#), 1.0, "{am}");
-    let ((a_sent, a_received, a_closed), (b_sent, b_received, b_closed)) = (counts(&a), counts(&b));
+    assert_eq!((metric(&am, KTLS_INSTALLED), metric(&bm, KTLS_INSTALLED)), (1.0, 1.0), "{am}\n{bm}");
+    let ((a_sent, a_received, a_closed), (b_sent, b_received, b_closed)) = (key_update_counts(&a), key_update_counts(&b));
     println!("A: {a_sent} KeyUpdates sent, {a_received} received; B: {b_sent} sent, {b_received} received");
     // The client sends no KeyUpdate and B's member is plain TCP: what A receives comes from B
     // on the member connection, what B receives from A on it.
