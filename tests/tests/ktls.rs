@@ -425,13 +425,18 @@ async fn control_records_after_offload_end_connections_cleanly() {
     let report = reports.recv().await.unwrap();
     assert_eq!((report.upload.as_str(), report.error), ("ok 100000", None));
 
-    // A fatal alert mid-stream, sent through the client's own kTLS TX path.
-    let tls = raw_session(port, 1000).await;
-    let (tcp, conn) = tls.into_inner();
+    // A fatal alert mid-stream, sent through the client's own kTLS TX path. The client's kTLS
+    // goes in before anything is sent: the backend ends its side as soon as it has the header
+    // (a download of 0 bytes), and a socket that has received a FIN takes no kTLS (ENOTCONN).
+    let mut tls = client::connect(port, "a.example", client::config(&[&rustls::version::TLS13], None, &[])).await.unwrap();
+    tls.flush().await.unwrap();
+    let (mut tcp, conn) = tls.into_inner();
     let version = conn.protocol_version().unwrap();
     let secrets = conn.dangerous_extract_secrets().unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     offload::install(fd, version, secrets, offload::RxPadding::Tolerated).unwrap();
+    tcp.write_all(&bulk::raw_header(0, 42)).await.unwrap();
+    bulk::write_stream(&mut tcp, 42, 1000).await.unwrap();
     offload::send_record(fd, record_type::ALERT, &[2, 80]).unwrap(); // fatal internal_error
     let report = reports.recv().await.unwrap();
     assert_eq!(report.upload, "ok 1000", "bytes before the alert arrive intact: {report:?}");

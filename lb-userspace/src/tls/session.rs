@@ -199,7 +199,7 @@ pub async fn handshake<C: Side>(tcp: TcpStream, conn: C, corked: bool) -> io::Re
     // An idle connection keeps no buffer.
     tls.release_buffers(true);
     // A read that took exactly what it asked for leaves the socket marked readable: look, so
-    // that an idle connection's readiness says whether the client sent anything since.
+    // that an idle connection's readiness says whether the peer sent anything since.
     let _ = tls.io.try_io(Interest::READABLE, || socket2::SockRef::from(&tls.io).peek(&mut [MaybeUninit::uninit(); 1]));
     Ok((tls, sni))
 }
@@ -347,7 +347,7 @@ impl<C: Side> Session<C> {
         self.incoming.reserve(want);
         // Into the spare capacity (nothing is zeroed first), through the socket's own
         // `poll_read`, which forgets the readiness after a short read: an idle connection's
-        // readiness then says whether the client sent anything since.
+        // readiness then says whether the peer sent anything since.
         let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut (&mut self.incoming).limit(want)))?;
         if n == 0 {
             self.peer_closed = true;
@@ -672,7 +672,7 @@ mod tests {
     }
 
     /// A self-signed server certificate for `s.example`, and a client that trusts it.
-    pub fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["s.example".to_string()]).unwrap().self_signed(&key).unwrap();
