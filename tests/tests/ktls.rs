@@ -503,17 +503,15 @@ async fn key_updates_renew_offloaded_keys_in_both_directions() {
     if !takes_new_keys("connections end instead (tested by the two tests named above)") {
         return;
     }
-    let policy = key_update_policy;
     let dir = tempfile::tempdir().unwrap();
     let before = TlsStat::now();
-    let counts = key_update_counts;
     let cfg = client::config(&[&rustls::version::TLS13], Some(vec![cs::TLS13_AES_128_GCM_SHA256]), &[]);
     let want = 4u64 << 20;
 
     // Raw mode: a 300 kB upload with a key update asked for after its first 100 kB, and a 4 MiB
     // download (256 records: the transmit key is renewed about every 56).
     let (backend, mut reports) = bulk::raw_backend().await;
-    let (daemon, port) = serve(Daemon::start_with(policy()), &[backend], tls_with(dir.path(), vec![], &[]), PoolProtocol::Tcp).await;
+    let (daemon, port) = serve(Daemon::start_with(key_update_policy()), &[backend], tls_with(dir.path(), vec![], &[]), PoolProtocol::Tcp).await;
     let mut upload = vec![0u8; 300_000];
     bulk::fill(42, 0, &mut upload);
     let mut tls = client::connect(port, "a.example", cfg.clone()).await.unwrap();
@@ -527,7 +525,7 @@ async fn key_updates_renew_offloaded_keys_in_both_directions() {
     assert_eq!(download.verdict(), format!("ok {want}"));
     let report = reports.recv().await.unwrap();
     assert_eq!((report.upload.as_str(), report.error.as_deref()), ("ok 300000", None));
-    let (sent, received, closed) = counts(&daemon);
+    let (sent, received, closed) = key_update_counts(&daemon);
     println!("raw mode: {sent} KeyUpdates sent, {received} received");
     assert_eq!(received, 1.0);
     assert!(sent >= 4.0, "{sent} KeyUpdates sent for 256 records under a 64-record budget");
@@ -535,7 +533,7 @@ async fn key_updates_renew_offloaded_keys_in_both_directions() {
 
     // HTTP mode: two 4 MiB responses on one keep-alive connection, a key update asked for
     // between them.
-    let (daemon, port) = serve(Daemon::start_with(policy()), &[bulk::http_backend().await], tls_with(dir.path(), vec![], &[]), PoolProtocol::Http).await;
+    let (daemon, port) = serve(Daemon::start_with(key_update_policy()), &[bulk::http_backend().await], tls_with(dir.path(), vec![], &[]), PoolProtocol::Http).await;
     let mut tls = client::connect(port, "a.example", cfg.clone()).await.unwrap();
     for round in 0..2 {
         if round == 1 {
@@ -546,7 +544,7 @@ async fn key_updates_renew_offloaded_keys_in_both_directions() {
         assert!(head.starts_with("http/1.1 200") && !head.contains("connection: close"), "{head}");
         assert_eq!(body.verdict(), format!("ok {want}"));
     }
-    let (sent, received, closed) = counts(&daemon);
+    let (sent, received, closed) = key_update_counts(&daemon);
     println!("HTTP mode: {sent} KeyUpdates sent, {received} received");
     assert_eq!(received, 1.0);
     assert!(sent >= 8.0, "{sent} KeyUpdates sent for 512 records under a 64-record budget");
@@ -598,13 +596,12 @@ async fn member_key_updates_renew_offloaded_keys_in_both_directions() {
     if !takes_new_keys("member connections are retired before their record limit instead (offloaded_connections_end_cleanly_before_their_record_limit)") {
         return;
     }
-    let policy = key_update_policy;
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "member ca");
     let b_cert = ca.issue("member b", 2, &["127.0.0.1"]);
     let (backend, mut reports) = bulk::raw_backend().await;
-    let (b, b_port) = serve(Daemon::start_with(policy()), &[backend], tls_settings(b_cert.bundle(), vec![]), PoolProtocol::Tcp).await;
-    let a = Daemon::start_with(policy());
+    let (b, b_port) = serve(Daemon::start_with(key_update_policy()), &[backend], tls_settings(b_cert.bundle(), vec![]), PoolProtocol::Tcp).await;
+    let a = Daemon::start_with(key_update_policy());
     let a_port = free_port();
     let mut state = lb_tests::fixture::state(a_port, &[format!("127.0.0.1:{b_port}").parse().unwrap()], tls_with(dir.path(), vec![], &[]), PoolProtocol::Tcp);
     state.load_balancers[0].pools[0].tls = Some(PoolTls {

@@ -178,12 +178,10 @@ pub async fn handshake<C: Side>(tcp: TcpStream, conn: C, corked: bool) -> io::Re
         // lbd's flights (and, as a server, TLS 1.3 session tickets at the end) leave before
         // more is read.
         poll_fn(|cx| tls.poll_send(cx)).await?;
-        match next {
-            Next::Established => break,
-            Next::Closed => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection during the handshake")),
-            Next::Data | Next::Input | Next::Written(_) => {}
+        if next == Next::Established {
+            break;
         }
-        if tls.peer_closed {
+        if next == Next::Closed || tls.peer_closed {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection during the handshake"));
         }
         if next == Next::Input {
